@@ -1,0 +1,118 @@
+"""Build the aiohttp application and serve it on the Unix socket (and an optional TCP listener)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ..config import ApiConfig, parse_hostport
+from ..errors import ConfigError
+from . import openai_routes
+from .errors import bearer_middleware, error_middleware, json_error
+
+log = logging.getLogger(__name__)
+
+STATUS: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("status", Callable[[], dict[str, Any]])  # type: ignore[arg-type]
+
+
+async def health(request: web.Request) -> web.Response:
+    backend = request.app[openai_routes.BACKEND]
+    if backend.can_serve():
+        return web.json_response({"status": "ok"})
+    state = request.app[STATUS]().get("state", "starting")
+    return web.json_response({"status": state}, status=503, headers={"Retry-After": "1"})
+
+
+async def swarm_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATUS]())
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return json_error(404, f"no route {request.method} {request.path}", code="not_found")
+
+
+def read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the API token file {path}: {exc}") from exc
+    if len(token) < 16:
+        raise ConfigError(f"API token in {path} is shorter than 16 characters")
+    return token
+
+
+def build_app(cfg: ApiConfig, backend: openai_routes.Backend, status: Callable[[], dict[str, Any]]) -> web.Application:
+    middlewares = [error_middleware]
+    if cfg.listen:
+        if cfg.token_file is None:
+            raise ConfigError("--api-listen needs --api-token-file: the TCP listener requires a bearer token")
+        middlewares.append(bearer_middleware(read_token(cfg.token_file)))
+    app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=middlewares)
+    app[openai_routes.BACKEND] = backend
+    app[openai_routes.DEFAULT_MAX_TOKENS] = cfg.default_max_tokens
+    app[STATUS] = status
+    app["max_body_bytes"] = cfg.max_body_bytes
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", openai_routes.models)
+    app.router.add_post("/v1/completions", openai_routes.completions)
+    app.router.add_post("/v1/chat/completions", openai_routes.chat_completions)
+    app.router.add_get("/v1/swarm/status", swarm_status)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    return app
+
+
+class ApiServer:
+    """Owns the runner and its sites; ``stop`` closes listeners first, then waits for open requests."""
+
+    def __init__(self, cfg: ApiConfig, app: web.Application, shutdown_timeout: float) -> None:
+        self.cfg = cfg
+        self.runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None,
+                                    handle_signals=False)
+        self.tcp_address: tuple[str, int] | None = None
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        path = self.cfg.socket
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            _remove_stale_socket(path)
+        site = web.UnixSite(self.runner, str(path))
+        await site.start()
+        os.chmod(path, 0o660)
+        log.info("API listening on unix:%s", path)
+        if self.cfg.listen:
+            host, port = parse_hostport(self.cfg.listen)
+            tcp = web.TCPSite(self.runner, host, port)
+            await tcp.start()
+            server = tcp._server  # noqa: SLF001 - aiohttp exposes no public accessor for the bound port
+            sock = server.sockets[0] if server is not None and server.sockets else None  # type: ignore[attr-defined]
+            self.tcp_address = sock.getsockname()[:2] if sock else (host, port)
+            log.info("API listening on tcp:%s:%d (bearer token required)", *self.tcp_address)
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        try:
+            self.cfg.socket.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Refuse to start over a live daemon; remove a socket file left by a dead one."""
+    import socket
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise ConfigError(f"another swarmd is already serving on {path}")

@@ -1,0 +1,1 @@
+"""Command-line entry points. ``swarmctl`` must not import torch (it starts fast)."""

@@ -1,0 +1,150 @@
+"""``swarmctl``: talk to the local swarmd over its Unix socket. Standard library only; never imports torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..config import default_socket_path
+from ..keys import generate_key
+from .uds_http import request_json, stream_events
+
+EXIT_OK, EXIT_DEGRADED, EXIT_UNREACHABLE = 0, 1, 2
+
+
+def _status(sock: str) -> tuple[int, dict[str, Any] | None, str]:
+    try:
+        code, doc = request_json(sock, "GET", "/v1/swarm/status", timeout=5.0)
+        health, _ = request_json(sock, "GET", "/health", timeout=5.0)
+    except (OSError, ValueError) as exc:
+        return EXIT_UNREACHABLE, None, f"cannot reach swarmd at {sock}: {exc}"
+    if code != 200 or not isinstance(doc, dict):
+        return EXIT_UNREACHABLE, None, f"swarmd at {sock} answered HTTP {code}"
+    healthy = health == 200 and doc.get("state") == "serving"
+    return (EXIT_OK if healthy else EXIT_DEGRADED), doc, ""
+
+
+def _fmt_layers(layers: Any) -> str:
+    return f"[{layers[0]}, {layers[1]})" if isinstance(layers, list) and len(layers) == 2 else "-"
+
+
+def render_status(doc: dict[str, Any]) -> str:
+    model = doc.get("model") or {}
+    lines = [
+        f"node      {doc.get('node_id')}   state: {doc.get('state')}",
+        f"model     {model.get('name')} ({model.get('num_layers')} layers)",
+        f"layers    {_fmt_layers(doc.get('layers'))}   device: {doc.get('device', '-')}",
+        f"listen    {doc.get('listen') or '-'}",
+    ]
+    kv = doc.get("kv_cache")
+    if kv:
+        lines.append(f"kv cache  {kv['used_bytes'] / 2**20:.1f} / {kv['budget_bytes'] / 2**20:.1f} MiB, "
+                     f"{kv['sessions']} session(s)")
+    if doc.get("loading"):
+        lines.append(f"loading   {doc['loading']}")
+    cov = ", ".join(f"{_fmt_layers(c['layers'])}x{c['replicas']}" for c in doc.get("coverage", [])) or "none"
+    lines.append(f"coverage  {cov}")
+    lines.append(f"ring      {' -> '.join(doc.get('ring') or []) or '-'}")
+    lines.append(render_peers(doc))
+    return "\n".join(lines)
+
+
+def render_peers(doc: dict[str, Any]) -> str:
+    peers = doc.get("peers") or []
+    if not peers:
+        return "peers     none"
+    rows = [("NODE", "ADDR", "STATE", "LAYERS", "DEVICE")]
+    rows += [(p.get("node_id", "?"), p.get("addr", "?"), p.get("state", "?"), _fmt_layers(p.get("layers")),
+              p.get("device", "?")) for p in peers]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def cmd_status(sock: str, as_json: bool) -> int:
+    code, doc, err = _status(sock)
+    if doc is None:
+        print(err, file=sys.stderr)
+        if as_json:
+            print(json.dumps({"state": "unreachable", "error": err}))
+        return code
+    print(json.dumps(doc, indent=2) if as_json else render_status(doc))
+    return code
+
+
+def cmd_chat(sock: str, prompt: str, max_tokens: int | None, temperature: float | None) -> int:
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}], "stream": True}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    if temperature is not None:
+        body["temperature"] = temperature
+    try:
+        for event in stream_events(sock, "/v1/chat/completions", body):
+            for choice in event.get("choices", []):
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    sys.stdout.write(text)
+                    sys.stdout.flush()
+    except (OSError, RuntimeError) as exc:
+        print(f"\nswarmctl: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE if isinstance(exc, OSError) else EXIT_DEGRADED
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
+def cmd_doctor(sock: str) -> int:
+    code, doc, err = _status(sock)
+    checks = [("socket reachable", doc is not None, err or sock)]
+    if doc is not None:
+        checks.append(("model loaded", doc.get("state") not in ("starting",), str(doc.get("loading") or "")))
+        checks.append(("full route", bool(doc.get("coverage")), _fmt_layers(doc.get("layers"))))
+        checks.append(("serving", doc.get("state") == "serving", str(doc.get("state"))))
+    for name, ok, detail in checks:
+        print(f"[{'ok' if ok else 'FAIL'}] {name}: {detail}")
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="swarmctl", description="inspect and use the local swarmd")
+    p.add_argument("--socket", default=None, help="swarmd's API socket (default: as swarmd)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    st = sub.add_parser("status", help="show this node and the swarm (exit 0 healthy, 1 degraded, 2 unreachable)")
+    st.add_argument("--json", action="store_true")
+    ch = sub.add_parser("chat", help="stream an answer to PROMPT")
+    ch.add_argument("prompt")
+    ch.add_argument("--max-tokens", type=int, default=None)
+    ch.add_argument("--temperature", type=float, default=None)
+    sub.add_parser("keygen", help="print a new swarm key")
+    sub.add_parser("peers", help="list known peers")
+    sub.add_parser("doctor", help="check the local node")
+    sub.add_parser("drain", help="drain this node (not yet supported by the daemon)")
+    ban = sub.add_parser("ban", help="ban a node by identity (not yet supported by the daemon)")
+    ban.add_argument("node_id")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    sock = args.socket or str(default_socket_path())
+    if args.cmd == "keygen":
+        print(generate_key())
+        return EXIT_OK
+    if args.cmd == "status":
+        return cmd_status(sock, args.json)
+    if args.cmd == "chat":
+        return cmd_chat(sock, args.prompt, args.max_tokens, args.temperature)
+    if args.cmd == "peers":
+        code, doc, err = _status(sock)
+        print(render_peers(doc) if doc is not None else err)
+        return code
+    if args.cmd == "doctor":
+        return cmd_doctor(sock)
+    print(f"swarmctl: '{args.cmd}' needs a daemon with swarm membership, which this version does not have yet",
+          file=sys.stderr)
+    return EXIT_DEGRADED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

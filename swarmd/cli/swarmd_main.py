@@ -1,0 +1,78 @@
+"""``swarmd``: the daemon's entry point. Reads config, sets up logging and the loop, runs one Node."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from ..config import NodeConfig
+from ..errors import SwarmdError
+from ..keys import find_key
+from .settings import describe, load_config
+
+log = logging.getLogger("swarmd")
+
+
+def _quiet_libraries() -> None:
+    # Nothing is ever fetched from a model hub; keep third-party progress bars out of the journal.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+async def _amain(cfg: NodeConfig) -> None:
+    from ..node import Node
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await Node(cfg).run(stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cfg, origin, args = load_config(argv)
+    except SwarmdError as exc:
+        print(f"swarmd: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(describe(cfg, origin))
+        return 0
+    logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        key = find_key(cfg.net.key_file)
+    except SwarmdError as exc:
+        log.error("%s", exc)
+        return 2
+    if key is None and not cfg.net.insecure:
+        log.error("no swarm key: pass --key-file FILE (create one with 'swarmctl keygen'), "
+                  "or --insecure to run without authentication")
+        return 2
+    if key is None:
+        log.warning("RUNNING INSECURE: no swarm key, peers are not authenticated and traffic is not encrypted")
+    _quiet_libraries()
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(_amain(cfg))
+    except SwarmdError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

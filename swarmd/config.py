@@ -1,0 +1,136 @@
+"""Frozen configuration dataclasses. Read (TOML, env, flags) only at the edge: ``cli/settings.py``.
+
+Every component receives its own section, so tests build one with short timings directly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # Model source: a transformers directory, a .gguf file, "smollm2-135m-instruct" or "random:CONFIG".
+    source: str = DEFAULT_MODEL
+    # Seed for random:CONFIG weights; every node derives identical weights for its own span from it.
+    seed: int = 0
+    # Where converted GGUF spans, configs and tokenizers are cached.
+    cache_dir: Path = field(default_factory=lambda: default_cache_dir())
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    # Decoder-layer span held here: "START:END", "auto" (all layers until placement exists) or "none".
+    layers: str = "auto"
+    # torch device: "cpu", "cuda" or "cuda:N".
+    device: str = "cpu"
+    # Weight and activation dtype; None picks float32 on cpu and bfloat16 on cuda.
+    dtype: str | None = None
+    # torch intra-op threads; 0 leaves torch's default.
+    threads: int = 0
+    # Memory for weights plus KV cache in bytes; None: KV cache gets kv_default_bytes.
+    memory_budget: int | None = None
+    # KV cache budget when no memory budget is given.
+    kv_default_bytes: int = 2 * 1024**3
+    # How long a new session waits for KV memory before the request gets 503.
+    kv_wait_s: float = 0.0
+    # Upper bound on one forward step (prefill chunk or decode) before it is reported as failed.
+    step_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    # Unix socket of the local API (mode 0660).
+    socket: Path = field(default_factory=lambda: default_socket_path())
+    # Optional TCP listener "HOST:PORT" for the API; requires token_file.
+    listen: str | None = None
+    # File holding the bearer token that the TCP listener requires.
+    token_file: Path | None = None
+    # Largest accepted request body in bytes (413 above it).
+    max_body_bytes: int = 1024 * 1024
+    # Concurrent generations this node accepts as entry; more get 503 + Retry-After.
+    max_sessions: int = 64
+    # max_tokens used when a request gives none (capped by the context left).
+    default_max_tokens: int = 1024
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    # Peer-to-peer TCP address (port 0 picks a free port).
+    listen: str = "0.0.0.0:0"
+    # Static seed peers "HOST:PORT".
+    peers: tuple[str, ...] = ()
+    # Discover peers with mDNS.
+    mdns: bool = True
+    # Swarm key file (base64, 32 bytes).
+    key_file: Path | None = None
+    # Run without a swarm key (loud warning).
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str = ""
+    log_level: str = "INFO"
+    # Time allowed for in-flight sessions to finish on SIGTERM before they are cancelled.
+    drain_timeout_s: float = 30.0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+
+
+# --- defaults that depend on the environment ---------------------------------------------------
+
+
+def default_socket_path(env: dict[str, str] | None = None) -> Path:
+    """``$SWARMD_SOCKET``, else the systemd runtime directory, else ``$XDG_RUNTIME_DIR/swarmd``."""
+    env = dict(os.environ) if env is None else env
+    if env.get("SWARMD_SOCKET"):
+        return Path(env["SWARMD_SOCKET"])
+    if env.get("RUNTIME_DIRECTORY"):  # set by systemd's RuntimeDirectory=
+        return Path(env["RUNTIME_DIRECTORY"].split(":")[0]) / "swarmd.sock"
+    if env.get("XDG_RUNTIME_DIR"):
+        return Path(env["XDG_RUNTIME_DIR"]) / "swarmd" / "swarmd.sock"
+    if os.geteuid() == 0:
+        return Path("/run/swarmd/swarmd.sock")
+    return Path(f"/tmp/swarmd-{os.geteuid()}/swarmd.sock")
+
+
+def default_cache_dir(env: dict[str, str] | None = None) -> Path:
+    env = dict(os.environ) if env is None else env
+    if env.get("CACHE_DIRECTORY"):  # set by systemd's CacheDirectory=
+        return Path(env["CACHE_DIRECTORY"].split(":")[0])
+    if env.get("XDG_CACHE_HOME"):
+        return Path(env["XDG_CACHE_HOME"]) / "swarmd"
+    return Path.home() / ".cache" / "swarmd"
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+          "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """``"512MiB"``, ``"2G"``, ``"1024"`` -> bytes."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ConfigError(f"not a size: {text!r} (examples: 512MiB, 2GiB, 1000000)")
+    unit = (m.group(2) or "").lower().removesuffix("b")
+    if unit not in _UNITS:
+        raise ConfigError(f"unknown size unit in {text!r}")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)

@@ -1,0 +1,94 @@
+"""One hierarchy for every error swarmd raises on purpose.
+
+Each error carries an HTTP status and an OpenAI-style ``type``/``code`` so the API
+layer can turn it into a response without a lookup table. Errors that are also a
+builtin kind derive from that builtin too (a timeout is a ``TimeoutError``).
+"""
+
+from __future__ import annotations
+
+
+class SwarmdError(Exception):
+    """Base class of every deliberate swarmd error."""
+
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# --- configuration and model sources (raised at start-up) --------------------------------
+
+
+class ConfigError(SwarmdError, ValueError):
+    code = "config_error"
+
+
+class ModelSourceError(SwarmdError):
+    """The model path is missing, its format unknown or its architecture unsupported."""
+
+    code = "model_source_error"
+
+
+class UnsupportedArchitecture(ModelSourceError):
+    code = "unsupported_architecture"
+
+
+# --- request errors (4xx) -----------------------------------------------------------------
+
+
+class InvalidRequest(SwarmdError, ValueError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class RequestTooLarge(InvalidRequest):
+    status = 413
+    code = "request_too_large"
+
+
+class ModelNotFound(InvalidRequest):
+    status = 404
+    code = "model_not_found"
+
+
+# --- capacity errors (503 + Retry-After) ----------------------------------------------------
+
+
+class CapacityError(SwarmdError):
+    status = 503
+    type = "server_error"
+    code = "unavailable"
+    retry_after_s = 1
+
+
+class NotReady(CapacityError):
+    code = "not_ready"
+
+
+class KVBudgetExceeded(CapacityError, MemoryError):
+    code = "kv_budget_exceeded"
+
+
+class ShuttingDown(CapacityError):
+    code = "shutting_down"
+
+
+# --- timeouts ----------------------------------------------------------------------------------
+
+
+class StepTimeout(SwarmdError, TimeoutError):
+    status = 504
+    code = "step_timeout"

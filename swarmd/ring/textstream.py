@@ -1,0 +1,57 @@
+"""Token ids in, text deltas out: holds back half UTF-8 characters and partial stop strings. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+
+class TextStream:
+    def __init__(self, decode: Callable[[Sequence[int]], str], stop: Sequence[str] = ()) -> None:
+        self._decode = decode
+        self._stop = [s for s in stop if s]
+        self._longest = max((len(s) for s in self._stop), default=0)
+        self.ids: list[int] = []
+        self.text = ""  # full decoded text so far (possibly past a stop string)
+        self.emitted = 0  # characters already handed out
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        """Add one token; return the text that is now safe to send (maybe empty)."""
+        if self.stopped:
+            return ""
+        self.ids.append(token_id)
+        text = self._decode(self.ids)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
+            return ""
+        self.text = text
+        if self._stop:
+            search_from = max(0, self.emitted - self._longest)
+            hits = [i for i in (text.find(s, search_from) for s in self._stop) if i >= 0]
+            if hits:
+                self.stopped = True
+                return self._take(min(hits))
+            return self._take(len(text) - self._held_suffix(text))
+        return self._take(len(text))
+
+    def flush(self) -> str:
+        """At the end of generation: release whatever was held back for a stop string."""
+        return "" if self.stopped else self._take(len(self.text))
+
+    def _take(self, upto: int) -> str:
+        if upto <= self.emitted:
+            return ""
+        delta = self.text[self.emitted:upto]
+        self.emitted = upto
+        return delta
+
+    def _held_suffix(self, text: str) -> int:
+        """Length of the longest suffix of ``text`` that starts some stop string."""
+        for n in range(min(self._longest - 1, len(text)), 0, -1):
+            tail = text[-n:]
+            if any(s.startswith(tail) for s in self._stop):
+                return n
+        return 0
+
+    @property
+    def final_text(self) -> str:
+        return self.text[: self.emitted]
