@@ -13,7 +13,7 @@ from aiohttp import web
 from ..config import ApiConfig, parse_hostport
 from ..errors import ConfigError
 from . import openai_routes
-from .errors import bearer_middleware, error_middleware, json_error
+from .errors import MAX_BODY_BYTES, bearer_middleware, error_middleware, json_error
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def build_app(cfg: ApiConfig, backend: openai_routes.Backend, status: Callable[[
     app[openai_routes.BACKEND] = backend
     app[openai_routes.DEFAULT_MAX_TOKENS] = cfg.default_max_tokens
     app[STATUS] = status
-    app["max_body_bytes"] = cfg.max_body_bytes
+    app[MAX_BODY_BYTES] = cfg.max_body_bytes
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", openai_routes.models)
     app.router.add_post("/v1/completions", openai_routes.completions)

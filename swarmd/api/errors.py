@@ -12,6 +12,8 @@ from ..errors import CapacityError, SwarmdError
 
 log = logging.getLogger(__name__)
 
+MAX_BODY_BYTES: web.AppKey[int] = web.AppKey("max_body_bytes", int)
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -49,7 +51,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
         if exc.status == 413:
-            message = f"request body too large (limit {request.app['max_body_bytes']} bytes)"
+            message = f"request body too large (limit {request.app[MAX_BODY_BYTES]} bytes)"
         return json_error(exc.status, message, code=_HTTP_CODES.get(exc.status, "http_error"))
     except (ConnectionResetError, BrokenPipeError):
         raise

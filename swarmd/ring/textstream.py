@@ -34,8 +34,12 @@ class TextStream:
         return self._take(len(text))
 
     def flush(self) -> str:
-        """At the end of generation: release whatever was held back for a stop string."""
-        return "" if self.stopped else self._take(len(self.text))
+        """At the end of generation: release what was held back (a stop-string prefix, a broken character)."""
+        if self.stopped:
+            return ""
+        if self.ids:
+            self.text = self._decode(self.ids)
+        return self._take(len(self.text))
 
     def _take(self, upto: int) -> str:
         if upto <= self.emitted:

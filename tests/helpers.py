@@ -1,0 +1,92 @@
+"""Test helpers: swarmd nodes on real Unix sockets, run in a thread with their own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from swarmd.config import ApiConfig, EngineConfig, ModelConfig, NodeConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+
+def shared_cache_dir() -> Path:
+    """Converted GGUF spans live here across test runs (CI converts SmolLM2 once)."""
+    return Path(os.environ.get("SWARMD_TEST_CACHE", REPO / ".cache" / "swarmd"))
+
+
+class NodeThread:
+    """A real swarmd Node on its own event loop in a thread, serving on a Unix socket."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        from swarmd.node import Node
+
+        self.cfg = cfg
+        self.node = Node(cfg)
+        self.socket = str(cfg.api.socket)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        async def amain() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self._ready.set()
+            await self.node.run(self._stop)
+
+        try:
+            asyncio.run(amain())
+        except BaseException as exc:  # reported to the test through .error
+            self.error = exc
+            self._ready.set()
+
+    def start(self, timeout: float = 120.0) -> NodeThread:
+        import time
+
+        self._thread.start()
+        self._ready.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.error is not None:
+                raise self.error
+            if self.node.can_serve() or (self.node.loaded is not None and self.node.state.value != "starting"):
+                return self
+            time.sleep(0.05)
+        raise TimeoutError("node did not finish loading")
+
+    def call(self, coro_fn, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+        """Run ``coro_fn()`` on the node's loop and return its result."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro_fn(), self._loop).result(timeout)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(60)
+
+
+def node_config(tmp: Path, model: str, **engine: object) -> NodeConfig:
+    return NodeConfig(
+        node_id="test-node",
+        drain_timeout_s=2.0,
+        model=ModelConfig(source=model, cache_dir=shared_cache_dir()),
+        engine=replace(EngineConfig(threads=2), **engine),  # type: ignore[arg-type]
+        api=ApiConfig(socket=tmp / "swarmd.sock", max_body_bytes=64 * 1024, max_sessions=8),
+    )
+
+
+def start_node(cfg: NodeConfig, timeout: float = 120.0) -> NodeThread:
+    return NodeThread(cfg).start(timeout)
+
+
+def uds_client(socket_path: str, timeout: float = 120.0):  # type: ignore[no-untyped-def]
+    import httpx
+
+    return httpx.Client(transport=httpx.HTTPTransport(uds=socket_path), base_url="http://swarmd", timeout=timeout)
