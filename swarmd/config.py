@@ -130,7 +130,11 @@ def parse_size(text: str) -> int:
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    host, sep, port_text = text.rpartition(":")
+    try:
+        port = int(port_text) if sep and port_text.isascii() else -1
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
         raise ConfigError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    return host.strip("[]") or "0.0.0.0", port

@@ -66,12 +66,12 @@ class GenerationRequest:
     stop_token_ids: frozenset[int] = frozenset()
 
 
-class FinishReason(str, enum.Enum):
+class FinishReason(enum.StrEnum):
     STOP = "stop"
     LENGTH = "length"
 
 
-class NodeState(str, enum.Enum):
+class NodeState(enum.StrEnum):
     STARTING = "starting"
     SERVING = "serving"
     DRAINING = "draining"

@@ -47,7 +47,7 @@ def read_token(path: Path) -> str:
 
 
 def build_app(cfg: ApiConfig, backend: openai_routes.Backend, status: Callable[[], dict[str, Any]]) -> web.Application:
-    middlewares = [error_middleware]
+    middlewares: list[Any] = [error_middleware]
     if cfg.listen:
         if cfg.token_file is None:
             raise ConfigError("--api-listen needs --api-token-file: the TCP listener requires a bearer token")

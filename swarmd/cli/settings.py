@@ -15,8 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from ..config import (
-    ApiConfig, EngineConfig, ModelConfig, NetConfig, NodeConfig, default_cache_dir, default_socket_path,
-    parse_hostport, parse_size,
+    ApiConfig,
+    EngineConfig,
+    ModelConfig,
+    NetConfig,
+    NodeConfig,
+    default_cache_dir,
+    default_socket_path,
+    parse_hostport,
+    parse_size,
 )
 from ..errors import ConfigError
 

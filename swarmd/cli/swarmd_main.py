@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ..config import NodeConfig
 from ..errors import SwarmdError
@@ -58,12 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if key is None:
         log.warning("RUNNING INSECURE: no swarm key, peers are not authenticated and traffic is not encrypted")
     _quiet_libraries()
+    runner: Any = asyncio.run
     try:
         import uvloop
 
         runner = uvloop.run
     except ImportError:
-        runner = asyncio.run
+        pass
     try:
         runner(_amain(cfg))
     except SwarmdError as exc:

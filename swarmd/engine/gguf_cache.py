@@ -68,8 +68,10 @@ def ensure_meta(cache_dir: Path, gguf_path: Path) -> Path:
     return cache_dir
 
 
-def span_file(cache_dir: Path, start: int, end: int, dtype: torch.dtype) -> Path:
-    return cache_dir / f"span-{start}-{end}-{str(dtype).removeprefix('torch.')}.safetensors"
+def span_file(cache_dir: Path, start: int, end: int, dtype: torch.dtype, keys: Iterable[str]) -> Path:
+    """One file per (span, dtype, tensor set): a changed set of tensors never reads a stale file."""
+    digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:8]
+    return cache_dir / f"span-{start}-{end}-{str(dtype).removeprefix('torch.')}-{digest}.safetensors"
 
 
 def ensure_span(
@@ -77,12 +79,13 @@ def ensure_span(
     dtype: torch.dtype,
 ) -> Path:
     """Convert the tensors named by ``hf_keys`` (transformers names) into a cached safetensors file."""
-    out = span_file(cache_dir, start, end, dtype)
+    keys = list(hf_keys)
+    out = span_file(cache_dir, start, end, dtype, keys)
     if out.is_file():
         return out
     from safetensors.torch import save_file
 
-    tensors = convert_tensors(gguf_path, list(hf_keys), num_layers)
+    tensors = convert_tensors(gguf_path, keys, num_layers)
     tmp = out.with_suffix(f".tmp{os.getpid()}")
     save_file({k: v.to(dtype).contiguous() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, out)

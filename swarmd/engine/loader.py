@@ -31,8 +31,8 @@ def load_config(source: ModelSource, cache_root: Path) -> Any:
 
     if source.kind == "random":
         assert source.random_config is not None
-        raw = dict(source.random_config)
-        model_type = raw.pop("model_type")
+        raw: dict[str, Any] = dict(source.random_config)
+        model_type = str(raw.pop("model_type"))
         check_model_type(model_type, source.name)
         for k in ("architectures", "transformers_version", "torch_dtype", "dtype"):
             raw.pop(k, None)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from ..types import SamplingParams
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
-    mixed = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9) & ((1 << 63) - 1)
-    return torch.Generator(device=device).manual_seed(mixed)
+    """A generator for one (seed, step). Hashed, so every bit of the seed reaches the low 32 bits that
+    torch's CPU generator keeps."""
+    digest = hashlib.blake2b(f"{seed}:{step}".encode(), digest_size=8).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest, "little") >> 1)
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, seed: int, step: int) -> int:

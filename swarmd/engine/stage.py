@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -66,9 +67,10 @@ class StageModel:
     def __init__(
         self, config: object, span: LayerSpan, *, embed: nn.Module | None, layers: list[nn.Module],
         rotary: nn.Module, norm: nn.Module | None, lm_head: nn.Module | None, device: torch.device,
-        dtype: torch.dtype,
+        dtype: torch.dtype, weight_keys: tuple[str, ...] = (),
     ) -> None:
         self.config = config
+        self.weight_keys = weight_keys  # transformers names of the tensors this span loaded
         self.span = span
         self.embed = embed
         self.layers = layers
@@ -102,10 +104,13 @@ class StageModel:
         if span.is_last:
             modules["model.norm"] = body.norm
             modules["lm_head"] = skeleton.lm_head
+        # Tied embeddings on a node that holds both ends: load the matrix once and share it.
+        share_head = span.is_first and span.is_last and bool(getattr(config, "tie_word_embeddings", False))
         shapes = {
             f"{prefix}.{name}": p.shape
             for prefix, mod in modules.items()
             for name, p in mod.state_dict(keep_vars=True).items()
+            if not (share_head and prefix == "lm_head")
         }
         tensors = load_tensors(
             source, shapes, num_layers=span.num_layers, start=span.start, end=span.end, dtype=dtype,
@@ -113,9 +118,13 @@ class StageModel:
             init_std=float(getattr(config, "initializer_range", 0.02)), progress=progress,
         )
         for prefix, mod in modules.items():
+            if share_head and prefix == "lm_head":
+                continue
             own = {k.removeprefix(prefix + "."): v for k, v in tensors.items() if k.startswith(prefix + ".")}
             mod.load_state_dict(own, strict=True, assign=True)
             mod.to(device).eval()
+        if share_head:
+            modules["lm_head"].weight = modules["model.embed_tokens"].weight
         with torch.device(device):
             rotary = type(body.rotary_emb)(config=config)
         rotary.eval()
@@ -124,6 +133,7 @@ class StageModel:
             config, span, embed=modules.get("model.embed_tokens"),
             layers=[modules[f"model.layers.{i}"] for i in range(span.start, span.end)], rotary=rotary,
             norm=modules.get("model.norm"), lm_head=modules.get("lm_head"), device=device, dtype=dtype,
+            weight_keys=tuple(shapes),
         )
 
     def parameter_bytes(self) -> int:
@@ -186,7 +196,7 @@ class StageModel:
         return allowed
 
     def _layer(
-        self, layer: nn.Module, idx: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+        self, layer: Any, idx: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
         start_pos: int, cache: KVCache, mask: torch.Tensor | None,
     ) -> torch.Tensor:
         attn = layer.self_attn

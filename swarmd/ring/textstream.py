@@ -14,6 +14,7 @@ class TextStream:
         self.text = ""  # full decoded text so far (possibly past a stop string)
         self.emitted = 0  # characters already handed out
         self.stopped = False
+        self._stop_at = 0
 
     def push(self, token_id: int) -> str:
         """Add one token; return the text that is now safe to send (maybe empty)."""
@@ -21,25 +22,34 @@ class TextStream:
             return ""
         self.ids.append(token_id)
         text = self._decode(self.ids)
+        if self._check_stop(text):  # before the UTF-8 hold: a stop may end right before a broken char
+            return self._take(self._stop_at)
         if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
             return ""
         self.text = text
-        if self._stop:
-            search_from = max(0, self.emitted - self._longest)
-            hits = [i for i in (text.find(s, search_from) for s in self._stop) if i >= 0]
-            if hits:
-                self.stopped = True
-                return self._take(min(hits))
-            return self._take(len(text) - self._held_suffix(text))
-        return self._take(len(text))
+        return self._take(len(text) - self._held_suffix(text))
 
     def flush(self) -> str:
         """At the end of generation: release what was held back (a stop-string prefix, a broken character)."""
-        if self.stopped:
+        if self.stopped or not self.ids:
             return ""
-        if self.ids:
-            self.text = self._decode(self.ids)
-        return self._take(len(self.text))
+        text = self._decode(self.ids)
+        if self._check_stop(text):
+            return self._take(self._stop_at)
+        self.text = text
+        return self._take(len(text))
+
+    def _check_stop(self, text: str) -> bool:
+        if not self._stop:
+            return False
+        search_from = max(0, self.emitted - self._longest)
+        hits = [i for i in (text.find(s, search_from) for s in self._stop) if i >= 0]
+        if not hits:
+            return False
+        self.stopped = True
+        self.text = text
+        self._stop_at = min(hits)
+        return True
 
     def _take(self, upto: int) -> str:
         if upto <= self.emitted:
@@ -50,6 +60,8 @@ class TextStream:
 
     def _held_suffix(self, text: str) -> int:
         """Length of the longest suffix of ``text`` that starts some stop string."""
+        if not self._stop:
+            return 0
         for n in range(min(self._longest - 1, len(text)), 0, -1):
             tail = text[-n:]
             if any(s.startswith(tail) for s in self._stop):

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,9 +48,10 @@ class Daemon:
                     return line
             try:
                 self.messages.extend(self.notify.recv(4096).decode().splitlines())
-            except TimeoutError:
+            except TimeoutError as exc:
                 if self.proc.poll() is not None:
-                    raise AssertionError(f"swarmd exited {self.proc.returncode}: {self.proc.stdout.read()}")  # type: ignore[union-attr]
+                    out = self.proc.stdout.read()  # type: ignore[union-attr]
+                    raise AssertionError(f"swarmd exited {self.proc.returncode}: {out}") from exc
         raise AssertionError(f"no {prefix} in {self.messages}")
 
     def close(self) -> None:

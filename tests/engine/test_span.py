@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from swarmd.engine.sources import resolve_source
 from swarmd.engine.loader import load_config
+from swarmd.engine.sources import resolve_source
 from swarmd.engine.stage import StageModel
 from swarmd.types import LayerSpan
 
