@@ -73,6 +73,30 @@ class NetConfig:
     key_file: Path | None = None
     # Run without a swarm key (loud warning).
     insecure: bool = False
+    # Older swarm keys still accepted during a rotation (files, like key_file).
+    old_key_files: tuple[Path, ...] = ()
+    # Deadline for the whole handshake of a new connection.
+    handshake_timeout_s: float = 5.0
+    # Deadline for a TCP connect to a peer.
+    connect_timeout_s: float = 3.0
+    # Deadline for the rest of a frame once its length has arrived, and for a send to drain.
+    io_timeout_s: float = 10.0
+    # Liveness: a ping this often on every outgoing connection; a connection silent for dead_after_s closes.
+    ping_interval_s: float = 2.0
+    dead_after_s: float = 8.0
+    # Reconnect backoff bounds for outgoing connections (doubling with jitter).
+    reconnect_min_s: float = 0.1
+    reconnect_max_s: float = 5.0
+    # Incoming connections accepted at once; more are closed immediately.
+    max_connections: int = 128
+    # Largest frame accepted after the handshake (hidden states of one prefill chunk must fit).
+    max_frame_bytes: int = 64 * 1024 * 1024
+    # Entry: how long every stage gets to accept a new session.
+    open_timeout_s: float = 10.0
+    # Stage: a session with no traffic for this long is closed and its KV cache freed.
+    session_idle_s: float = 120.0
+    # Prompt positions per prefill chunk sent into the ring (chunks are pipelined across stages).
+    prefill_chunk: int = 256
 
 
 @dataclass(frozen=True)

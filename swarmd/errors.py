@@ -92,3 +92,33 @@ class ShuttingDown(CapacityError):
 class StepTimeout(SwarmdError, TimeoutError):
     status = 504
     code = "step_timeout"
+
+
+# --- peer protocol (a peer's bad input closes that connection only) ----------------------------
+
+
+class ProtocolError(SwarmdError):
+    """A peer sent something that breaks the protocol. ``reason`` is a short label for logs and metrics."""
+
+    code = "protocol_error"
+
+    def __init__(self, message: str, reason: str = "protocol") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class DecodeError(ProtocolError):
+    code = "decode_error"
+
+
+class AuthError(ProtocolError):
+    """The handshake failed, or a frame failed authentication (bad MAC, replay, reorder)."""
+
+    code = "auth_error"
+
+
+class PeerUnavailable(SwarmdError, ConnectionError):
+    """No live connection to a peer right now."""
+
+    status = 503
+    code = "peer_unavailable"

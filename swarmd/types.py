@@ -66,6 +66,15 @@ class GenerationRequest:
     stop_token_ids: frozenset[int] = frozenset()
 
 
+@dataclass(frozen=True, slots=True)
+class TensorBlob:
+    """Raw little-endian tensor bytes as they cross the wire. ``dtype``: float32, float16 or bfloat16."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+
+
 class FinishReason(enum.StrEnum):
     STOP = "stop"
     LENGTH = "length"

@@ -96,6 +96,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--no-mdns", "net", "mdns", lambda s: not _bool(s), "disable mDNS discovery", kind="bool"),
     Option("--key-file", "net", "key_file", Path, "swarm key file (from swarmctl keygen)"),
     Option("--insecure", "net", "insecure", _bool, "run without a swarm key", kind="bool"),
+    Option("--old-key-file", "net", "old_key_files", Path, "older swarm key still accepted (repeatable)",
+           kind="list"),
+    Option("--prefill-chunk", "net", "prefill_chunk", int, "prompt positions per pipelined prefill chunk"),
+    Option("--session-idle", "net", "session_idle_s", float, "seconds before an idle stage session is freed"),
     Option("--node-id", "", "node_id", str, "this node's id (default: hostname + random suffix)"),
     Option("--log-level", "", "log_level", _level, "DEBUG, INFO, WARNING or ERROR"),
     Option("--drain-timeout", "", "drain_timeout_s", float, "seconds in-flight sessions get on shutdown"),
@@ -111,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         if o.kind == "bool":
             p.add_argument(o.flag, action="store_const", const="true", default=None, help=o.help)
         elif o.kind == "list":
-            p.add_argument(o.flag, action="append", default=None, metavar="HOST:PORT", help=o.help)
+            p.add_argument(o.flag, action="append", default=None, help=o.help)
         else:
             p.add_argument(o.flag, default=None, help=o.help)
     return p

@@ -12,7 +12,8 @@ from typing import Any
 
 from ..config import NodeConfig
 from ..errors import SwarmdError
-from ..keys import find_key
+from ..keys import find_key, read_key_file
+from ..wire.crypto import Keyring
 from .settings import describe, load_config
 
 log = logging.getLogger("swarmd")
@@ -26,14 +27,14 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-async def _amain(cfg: NodeConfig) -> None:
+async def _amain(cfg: NodeConfig, keyring: Keyring | None) -> None:
     from ..node import Node
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await Node(cfg).run(stop)
+    await Node(cfg, keyring).run(stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         key = find_key(cfg.net.key_file)
+        old_keys = [read_key_file(p) for p in cfg.net.old_key_files]
     except SwarmdError as exc:
         log.error("%s", exc)
         return 2
@@ -67,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:
         pass
     try:
-        runner(_amain(cfg))
+        runner(_amain(cfg, Keyring([key, *old_keys]) if key is not None else None))
     except SwarmdError as exc:
         log.error("%s", exc)
         return 1

@@ -18,7 +18,7 @@ import torch
 
 from ..config import EngineConfig, ModelConfig
 from ..errors import ConfigError, InvalidRequest, StepTimeout
-from ..types import LayerSpan, SamplingParams
+from ..types import LayerSpan, SamplingParams, TensorBlob
 from .kv_budget import KVBudget, Reservation
 from .kv_cache import KVCache, kv_bytes_per_token
 from .loader import load_config, load_tokenizer
@@ -72,31 +72,43 @@ class LoadedModel:
         return int(getattr(self.config, "max_position_embeddings", 2048))
 
 
-def load_model(model_cfg: ModelConfig, engine_cfg: EngineConfig, progress: Progress | None = None) -> LoadedModel:
-    """Blocking: resolve the source, read config and tokenizer, load this node's span. Run off the loop."""
+def load_meta(model_cfg: ModelConfig, engine_cfg: EngineConfig) -> LoadedModel:
+    """Blocking: resolve the source, read config and tokenizer (no weights yet). Run off the loop."""
     if engine_cfg.threads > 0:
         torch.set_num_threads(engine_cfg.threads)
+    source = resolve_source(model_cfg.source)
+    config = load_config(source, model_cfg.cache_dir)
+    tokenizer = load_tokenizer(source, model_cfg.cache_dir)
+    return LoadedModel(source, config, tokenizer, None)
+
+
+def load_stage(
+    loaded: LoadedModel, model_cfg: ModelConfig, engine_cfg: EngineConfig, span: LayerSpan,
+    progress: Progress | None = None,
+) -> StageModel:
+    """Blocking: load the weights of ``span`` only. Run off the loop."""
     device = torch.device(engine_cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {engine_cfg.device} requested but CUDA is not available")
     dtype = parse_dtype(engine_cfg.dtype, device)
-    source = resolve_source(model_cfg.source)
-    if progress:
-        progress("reading config and tokenizer", 0, 1)
-    config = load_config(source, model_cfg.cache_dir)
-    tokenizer = load_tokenizer(source, model_cfg.cache_dir)
-    span = parse_span(engine_cfg.layers, int(config.num_hidden_layers))
-    stage = None
+    started = time.monotonic()
+    stage = StageModel.load(
+        loaded.source, loaded.config, span, device=device, dtype=dtype, cache_root=model_cfg.cache_dir,
+        seed=model_cfg.seed,
+        progress=(lambda done, total: progress("loading weights", done, total)) if progress else None,
+    )
+    log.info("loaded %s layers %s on %s (%s, %.1f MB) in %.1fs", loaded.source.name, span, device,
+             str(dtype).removeprefix("torch."), stage.parameter_bytes() / 1e6, time.monotonic() - started)
+    return stage
+
+
+def load_model(model_cfg: ModelConfig, engine_cfg: EngineConfig, progress: Progress | None = None) -> LoadedModel:
+    """Blocking: everything for a node whose span is given by ``engine_cfg.layers`` (auto = every layer)."""
+    loaded = load_meta(model_cfg, engine_cfg)
+    span = parse_span(engine_cfg.layers, loaded.num_layers)
     if span is not None:
-        started = time.monotonic()
-        stage = StageModel.load(
-            source, config, span, device=device, dtype=dtype, cache_root=model_cfg.cache_dir,
-            seed=model_cfg.seed,
-            progress=(lambda done, total: progress("loading weights", done, total)) if progress else None,
-        )
-        log.info("loaded %s layers %s on %s (%s, %.1f MB) in %.1fs", source.name, span, device,
-                 str(dtype).removeprefix("torch."), stage.parameter_bytes() / 1e6, time.monotonic() - started)
-    return LoadedModel(source, config, tokenizer, stage)
+        loaded.stage = load_stage(loaded, model_cfg, engine_cfg, span, progress)
+    return loaded
 
 
 @dataclass
@@ -147,28 +159,40 @@ class Engine:
         if sess is not None:
             await self.budget.release(sess.reservation)
 
-    async def step(
-        self, session_id: str, inputs: Sequence[int] | torch.Tensor, start_pos: int,
-        sampling: tuple[SamplingParams, int, int] | None = None,
-    ) -> torch.Tensor | int:
-        """Run positions ``[start_pos, start_pos + len(inputs))`` of a session through this span.
+    async def forward(
+        self, session_id: str, tokens: Sequence[int], hidden: TensorBlob | None, start_pos: int,
+        sampling: tuple[SamplingParams, int, int] | None,
+    ) -> int | TensorBlob | None:
+        """One step with wire-format inputs and outputs (what a ring stage does).
 
-        First span: ``inputs`` are token ids; otherwise hidden states ``[1, S, D]``. The last span
-        returns the sampled next token when ``sampling = (params, seed, step)`` is given, else logits.
+        Returns the sampled token (last span, ``sampling`` given), hidden states to forward (not last),
+        or None (last span, a prefill chunk that samples nothing).
         """
         sess = self._sessions.get(session_id)
         if sess is None:
             raise InvalidRequest(f"unknown session {session_id}")
-        return await self._run(self._step_sync, sess.cache, inputs, start_pos, sampling)
+        return await self._run(self._forward_sync, sess.cache, tokens, hidden, start_pos, sampling)
 
-    def _step_sync(
-        self, cache: KVCache, inputs: Sequence[int] | torch.Tensor, start_pos: int,
+    def _forward_sync(
+        self, cache: KVCache, tokens: Sequence[int], hidden: TensorBlob | None, start_pos: int,
         sampling: tuple[SamplingParams, int, int] | None,
-    ) -> torch.Tensor | int:
-        x = inputs if isinstance(inputs, torch.Tensor) else torch.tensor([list(inputs)], dtype=torch.long)
-        out = self.stage.forward(x, start_pos, cache)
-        if sampling is None or self.stage.lm_head is None:
-            return out
+    ) -> int | TensorBlob | None:
+        stage = self.stage
+        if stage.embed is not None:
+            if hidden is not None or not tokens:
+                raise InvalidRequest("the first stage takes token ids, not hidden states")
+            if any(not 0 <= t < stage.vocab_size for t in tokens):
+                raise InvalidRequest("token id outside the vocabulary")
+            x = torch.tensor([list(tokens)], dtype=torch.long)
+        else:
+            if hidden is None or tokens:
+                raise InvalidRequest(f"stage {stage.span} takes hidden states, not token ids")
+            x = blob_to_tensor(hidden, stage.hidden_size)
+        out = stage.forward(x, start_pos, cache)
+        if stage.lm_head is None:
+            return tensor_to_blob(out)
+        if sampling is None:
+            return None
         params, seed, step = sampling
         return sample(out[0], params, seed, step)
 
@@ -176,3 +200,23 @@ class Engine:
         for sid in list(self._sessions):
             await self.close_session(sid)
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+_WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def blob_to_tensor(blob: TensorBlob, hidden_size: int) -> torch.Tensor:
+    """Hidden states off the wire: shape ``[1, S, hidden_size]``, finite values only."""
+    if len(blob.shape) != 3 or blob.shape[0] != 1 or blob.shape[2] != hidden_size:
+        raise InvalidRequest(f"hidden states of shape {list(blob.shape)}; this model needs [1, S, {hidden_size}]")
+    t = torch.frombuffer(bytearray(blob.data), dtype=_WIRE_DTYPES[blob.dtype]).view(blob.shape)
+    if not bool(torch.isfinite(t).all()):
+        raise InvalidRequest("hidden states contain NaN or Inf")
+    return t
+
+
+def tensor_to_blob(t: torch.Tensor) -> TensorBlob:
+    """Hidden states onto the wire: raw little-endian bytes in the stage's dtype."""
+    t = t.detach().to("cpu").contiguous()
+    name = str(t.dtype).removeprefix("torch.")
+    return TensorBlob(name, tuple(t.shape), t.view(torch.uint8).numpy().tobytes())

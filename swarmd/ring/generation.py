@@ -1,7 +1,7 @@
 """One generation seen from its entry node: prompt in, text deltas out, token history kept.
 
-The history (prompt plus every sampled token) is what a replacement stage replays to rebuild its
-KV cache after a failure; sampling is seeded per step, so a replayed session draws the same tokens.
+The history (prompt plus every sampled token) is what a replacement chain replays to rebuild its KV
+caches after a failure; sampling is seeded per step, so a replayed session draws the same tokens.
 """
 
 from __future__ import annotations
@@ -11,33 +11,48 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
+from typing import Protocol
 
+from ..errors import ProtocolError
 from ..types import FinishReason, GenerationRequest
-from .pipeline import Pipeline
 from .textstream import TextStream
 
 log = logging.getLogger(__name__)
 
 
+class TokenSource(Protocol):
+    """An open ring session as the generation sees it."""
+
+    async def feed(self, token_ids: Sequence[int], start_pos: int, chunk: int) -> None: ...
+    async def next_token(self, timeout: float) -> object: ...
+    async def close(self, reason: str) -> None: ...
+
+
+class Opener(Protocol):
+    async def open(self, session_id: str, request: GenerationRequest, seed: int, timeout: float) -> TokenSource: ...
+
+
 class Generation:
     """Use as ``async with Generation(...) as g: async for delta in g.stream(): ...``.
 
-    Leaving the block (normally, on error or on cancellation) frees the session's KV caches at once.
+    Leaving the block (normally, on error or on cancellation) closes the session on every stage at once.
     """
 
     def __init__(
-        self, pipeline: Pipeline, request: GenerationRequest, decode: Callable[[Sequence[int]], str], *,
-        prefill_chunk: int = 512,
+        self, opener: Opener, request: GenerationRequest, decode: Callable[[Sequence[int]], str], *,
+        prefill_chunk: int = 256, open_timeout_s: float = 10.0, token_timeout_s: float = 120.0,
     ) -> None:
-        self.pipeline = pipeline
+        self.opener = opener
         self.request = request
         self.session_id = uuid.uuid4().hex
         self.seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(63)
         self.history: list[int] = list(request.prompt_ids)
         self.text = TextStream(decode, request.stop)
         self.prefill_chunk = max(1, prefill_chunk)
+        self.open_timeout_s = open_timeout_s
+        self.token_timeout_s = token_timeout_s
         self.finish_reason: FinishReason | None = None
-        self._opened = False
+        self._ring: TokenSource | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -48,34 +63,26 @@ class Generation:
         return len(self.history) - len(self.request.prompt_ids)
 
     async def __aenter__(self) -> Generation:
-        await self.pipeline.open(self.session_id, self.prompt_tokens + self.request.max_tokens)
-        self._opened = True
+        self._ring = await self.opener.open(self.session_id, self.request, self.seed, self.open_timeout_s)
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._opened:
-            self._opened = False
-            await self.pipeline.close(self.session_id)
-
-    async def _next_token(self, step: int) -> int:
-        """Feed whatever the stages have not seen yet; the last stage returns the next token."""
-        params = (self.request.sampling, self.seed, step)
-        if step == 0:
-            prompt = self.request.prompt_ids
-            pos = 0
-            while len(prompt) - pos > self.prefill_chunk:  # earlier chunks: fill the caches only
-                await self.pipeline.step(self.session_id, prompt[pos:pos + self.prefill_chunk], pos, params)
-                pos += self.prefill_chunk
-            return await self.pipeline.step(self.session_id, prompt[pos:], pos, params)
-        return await self.pipeline.step(self.session_id, self.history[-1:], len(self.history) - 1, params)
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            await ring.close("finished" if et is None else "aborted")
 
     async def stream(self) -> AsyncIterator[str]:
         """Yield text deltas until a stop token, a stop string or ``max_tokens``."""
-        req = self.request
+        assert self._ring is not None, "use 'async with'"
+        ring, req = self._ring, self.request
+        await ring.feed(req.prompt_ids, 0, self.prefill_chunk)
         for step in range(req.max_tokens):
-            token = await self._next_token(step)
+            tok = await ring.next_token(self.token_timeout_s)
+            if getattr(tok, "step", step) != step:
+                raise ProtocolError(f"ring sent step {getattr(tok, 'step', '?')} while step {step} was due")
+            token = int(getattr(tok, "token", tok))
             if token in req.stop_token_ids:
                 self.finish_reason = FinishReason.STOP
                 break

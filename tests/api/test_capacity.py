@@ -53,15 +53,15 @@ def test_session_bigger_than_whole_budget_is_refused(small_node: NodeThread) -> 
 
 
 def slow_down(node: NodeThread, delay: float) -> None:
-    """Make every pipeline step take ``delay`` seconds, so a generation is long enough to interrupt."""
-    pipeline = node.node._pipeline
-    step = pipeline.step
+    """Make every engine step take ``delay`` seconds, so a generation is long enough to interrupt."""
+    engine = node.node.engine
+    forward = engine.forward
 
     async def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
         await asyncio.sleep(delay)
-        return await step(*args, **kwargs)
+        return await forward(*args, **kwargs)
 
-    pipeline.step = slow  # type: ignore[method-assign]
+    engine.forward = slow
 
 
 @pytest.mark.parametrize("stream", [True, False])

@@ -85,7 +85,7 @@ def test_long_prompt_is_prefilled_in_chunks_with_same_output(served) -> None:  #
 
     async def run() -> list[int]:
         req = GenerationRequest(tuple(prompt_ids), 16, SamplingParams(temperature=0), (), node.node.codec.eos_ids)
-        gen = Generation(node.node._pipeline, req, node.node.codec.decode, prefill_chunk=7)
+        gen = Generation(node.node.entry, req, node.node.codec.decode, prefill_chunk=7)
         async with gen:
             await gen.run()
         return gen.history[len(prompt_ids):]

@@ -1,0 +1,1 @@
+"""Who is in the swarm and what each member holds. Sans-I/O."""

@@ -1,0 +1,165 @@
+"""The entry side of ring sessions: open a chain, feed the prompt, receive the tokens.
+
+Any node can be an entry, even one without layers: it needs only the tokenizer. The entry keeps each
+session's token history (in :class:`~swarmd.ring.generation.Generation`) for replay after a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from ..errors import CapacityError, KVBudgetExceeded, NotReady, StepTimeout, SwarmdError
+from ..types import GenerationRequest
+from ..wire.messages import Forward, Hop, Message, SessionAccepted, SessionClose, SessionError, SessionOpen, TokenOut
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[Hop, Message], Awaitable[None]]
+Planner = Callable[[], list[Hop] | None]
+
+
+class StageFailed(SwarmdError):
+    status = 502
+    code = "stage_failed"
+
+
+def error_from(msg: SessionError) -> SwarmdError:
+    if msg.code == KVBudgetExceeded.code:
+        exc: SwarmdError = KVBudgetExceeded(f"node {msg.node_id}: {msg.message}")
+    elif msg.code in ("unavailable", "overloaded", "not_ready", "shutting_down"):
+        exc = CapacityError(f"node {msg.node_id}: {msg.message}")
+    else:
+        exc = StageFailed(f"node {msg.node_id} failed the session ({msg.code}): {msg.message}")
+    return exc
+
+
+@dataclass(frozen=True)
+class Token:
+    step: int
+    token: int
+    done: bool
+
+
+class RingSession:
+    """One session's view from its entry: the chain and an inbox of tokens or an error."""
+
+    def __init__(self, entry: RingEntry, session_id: str, chain: list[Hop], request: GenerationRequest,
+                 seed: int) -> None:
+        self.entry = entry
+        self.session_id = session_id
+        self.chain = chain
+        self.request = request
+        self.seed = seed
+        self.inbox: asyncio.Queue[Token | SwarmdError] = asyncio.Queue()
+        self.pending: dict[str, asyncio.Future[None]] = {}
+        self.closed = False
+
+    async def open(self, timeout: float) -> None:
+        req, e = self.request, self.entry
+        loop = asyncio.get_running_loop()
+        self.pending = {h.node_id: loop.create_future() for h in self.chain}
+        sp = req.sampling
+        for i, hop in enumerate(self.chain):
+            msg = SessionOpen(self.session_id, e.self_hop, tuple(self.chain), i,
+                              len(req.prompt_ids) + req.max_tokens, len(req.prompt_ids), req.max_tokens,
+                              sp.temperature, sp.top_p, sp.top_k, self.seed, tuple(sorted(req.stop_token_ids)))
+            await e.send(hop, msg)
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*self.pending.values())
+        except TimeoutError:
+            raise NotReady(f"stages did not accept the session within {timeout}s") from None
+
+    async def feed(self, token_ids: Sequence[int], start_pos: int, chunk: int) -> None:
+        """Send the prompt (or a replayed history) to the first stage in pipelined chunks."""
+        first = self.chain[0]
+        pos = start_pos
+        end = start_pos + len(token_ids)
+        while pos < end:
+            n = min(chunk, end - pos)
+            last = pos + n == end
+            part = tuple(token_ids[pos - start_pos: pos - start_pos + n])
+            await self.entry.send(first, Forward(self.session_id, pos, 0, last, part, None))
+            pos += n
+
+    async def next_token(self, timeout: float) -> Token:
+        try:
+            async with asyncio.timeout(timeout):
+                item = await self.inbox.get()
+        except TimeoutError:
+            raise StepTimeout(f"no token from the ring within {timeout}s") from None
+        if isinstance(item, SwarmdError):
+            raise item
+        return item
+
+    async def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.entry.sessions.pop(self.session_id, None)
+        for hop in self.chain:
+            try:
+                await self.entry.send(hop, SessionClose(self.session_id, reason))
+            except (SwarmdError, OSError) as exc:
+                log.debug("close of %s not delivered to %s: %s", self.session_id[:8], hop.node_id, exc)
+
+
+class RingEntry:
+    """Owns the sessions this node is the entry of, and routes the replies to them."""
+
+    def __init__(self, self_hop: Hop, send: Send, planner: Planner) -> None:
+        self.self_hop = self_hop
+        self.send = send
+        self.planner = planner
+        self.sessions: dict[str, RingSession] = {}
+
+    async def open(self, session_id: str, request: GenerationRequest, seed: int, timeout: float) -> RingSession:
+        chain = self.planner()
+        if chain is None:
+            raise NotReady("no chain of live nodes covers every layer of the model")
+        sess = RingSession(self, session_id, chain, request, seed)
+        self.sessions[session_id] = sess
+        try:
+            await sess.open(timeout)
+        except BaseException:
+            await sess.close("open failed")
+            raise
+        return sess
+
+    def handle(self, msg: Message, sender: str) -> None:
+        sess = self.sessions.get(getattr(msg, "session_id", ""))
+        if sess is None:
+            return
+        if isinstance(msg, TokenOut):
+            if sender != sess.chain[-1].node_id:
+                log.warning("token for %s from %s, not the last stage: dropped", sess.session_id[:8], sender)
+                return
+            sess.inbox.put_nowait(Token(msg.step, msg.token, msg.done))
+        elif isinstance(msg, SessionAccepted):
+            fut = sess.pending.get(sender)
+            if fut is not None and not fut.done() and msg.node_id == sender:
+                fut.set_result(None)
+        elif isinstance(msg, SessionError):
+            if sender not in {h.node_id for h in sess.chain} or msg.node_id != sender:
+                return
+            err = error_from(msg)
+            if isinstance(err, CapacityError):
+                err.retry_after_s = max(1, int(msg.retry_after or 1))
+            fut = sess.pending.get(sender)
+            if fut is not None and not fut.done():
+                fut.set_exception(err)
+            else:
+                sess.inbox.put_nowait(err)
+
+    def peer_lost(self, node_id: str) -> None:
+        """A node dropped off: every session routed through it fails now rather than at its timeout."""
+        for sess in list(self.sessions.values()):
+            if any(h.node_id == node_id for h in sess.chain):
+                err = StageFailed(f"lost the connection to stage {node_id}")
+                for fut in sess.pending.values():
+                    if not fut.done():
+                        fut.set_exception(err)
+                sess.inbox.put_nowait(err)

@@ -1,0 +1,179 @@
+"""A stage: runs its span for every session routed through it and passes the result on.
+
+Per session, messages are processed strictly in order by one worker task (owned here). The stage
+holding the last layer samples, sends the token to the entry and, unless the session is done, straight
+back to the first stage as the next step: a decode step costs one hop per stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import CapacityError, SwarmdError
+from ..types import SamplingParams, TensorBlob
+from ..wire.messages import Forward, Hop, Message, SessionAccepted, SessionClose, SessionError, SessionOpen, TokenOut
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[Hop, Message], Awaitable[None]]
+QUEUE_LIMIT = 1024
+
+
+@dataclass
+class StageSession:
+    open: SessionOpen
+    queue: asyncio.Queue[Forward] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
+    last_active: float = field(default_factory=time.monotonic)
+    worker: asyncio.Task[None] | None = None
+
+    @property
+    def hop(self) -> Hop:
+        return self.open.chain[self.open.hop]
+
+    @property
+    def is_last(self) -> bool:
+        return self.open.hop == len(self.open.chain) - 1
+
+
+class StageService:
+    def __init__(self, engine: Any, node_id: str, send: Send, idle_timeout_s: float) -> None:
+        self.engine = engine  # engine.runtime.Engine
+        self.node_id = node_id
+        self.send = send
+        self.idle_timeout_s = idle_timeout_s
+        self.sessions: dict[str, StageSession] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep(), name="stage-idle-sweeper")
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- inbound --------------------------------------------------------------------------------
+
+    def handle(self, msg: Message, sender: str) -> None:
+        """Route one message from ``sender`` (an authenticated node id). Never blocks."""
+        if isinstance(msg, SessionOpen):
+            self._spawn(self._open(msg), f"open {msg.session_id[:8]}")
+        elif isinstance(msg, Forward):
+            sess = self.sessions.get(msg.session_id)
+            if sess is None:
+                log.debug("forward for unknown session %s from %s dropped", msg.session_id[:8], sender)
+                return
+            allowed = {sess.open.entry.node_id, sess.open.chain[-1].node_id} if sess.open.hop == 0 \
+                else {sess.open.chain[sess.open.hop - 1].node_id}
+            if sender not in allowed:
+                log.warning("forward for session %s from %s, expected %s: dropped", msg.session_id[:8], sender,
+                            sorted(allowed))
+                return
+            try:
+                sess.queue.put_nowait(msg)
+            except asyncio.QueueFull:
+                self._spawn(self._fail(sess, "overloaded", "stage queue full"), "fail")
+        elif isinstance(msg, SessionClose):
+            sess = self.sessions.get(msg.session_id)
+            if sess is not None and sender == sess.open.entry.node_id:
+                self._spawn(self._close(msg.session_id, msg.reason), f"close {msg.session_id[:8]}")
+
+    async def _open(self, msg: SessionOpen) -> None:
+        err: SwarmdError | None = None
+        if not 0 <= msg.hop < len(msg.chain) or msg.chain[msg.hop].node_id != self.node_id:
+            err = SwarmdError("this node is not that hop of the chain")
+        elif (msg.chain[msg.hop].start, msg.chain[msg.hop].end) != (self.engine.stage.span.start,
+                                                                     self.engine.stage.span.end):
+            err = SwarmdError(f"this node holds {self.engine.stage.span}, not the requested span")
+        elif msg.session_id in self.sessions:
+            err = SwarmdError("session already open here")
+        elif msg.capacity < msg.prompt_len + msg.max_tokens - 1 or msg.capacity < 1:
+            err = SwarmdError("capacity too small for the prompt and max_tokens")
+        if err is None:
+            try:
+                await self.engine.open_session(msg.session_id, msg.capacity)
+            except SwarmdError as exc:
+                err = exc
+        if err is not None:
+            retry = getattr(err, "retry_after_s", 0) if isinstance(err, CapacityError) else 0
+            await self._reply(msg.entry, SessionError(msg.session_id, self.node_id, err.code, err.message,
+                                                      float(retry)))
+            return
+        sess = StageSession(msg)
+        self.sessions[msg.session_id] = sess
+        sess.worker = asyncio.create_task(self._work(sess), name=f"stage {msg.session_id[:8]}")
+        await self._reply(msg.entry, SessionAccepted(msg.session_id, self.node_id))
+
+    async def _reply(self, to: Hop, msg: Message) -> None:
+        try:
+            await self.send(to, msg)
+        except (SwarmdError, OSError) as exc:
+            log.warning("cannot reach entry %s: %s", to.node_id, exc)
+
+    # --- the per-session worker -----------------------------------------------------------------
+
+    async def _work(self, sess: StageSession) -> None:
+        o = sess.open
+        params = SamplingParams(o.temperature, o.top_p, o.top_k, o.seed)
+        stop = frozenset(o.stop_token_ids)
+        while True:
+            fwd = await sess.queue.get()
+            sess.last_active = time.monotonic()
+            sampling = (params, o.seed, fwd.step) if fwd.sample and sess.is_last else None
+            try:
+                out = await self.engine.forward(o.session_id, fwd.tokens, fwd.hidden, fwd.start_pos, sampling)
+                if isinstance(out, TensorBlob):
+                    nxt = o.chain[o.hop + 1]
+                    await self.send(nxt, Forward(o.session_id, fwd.start_pos, fwd.step, fwd.sample, (), out))
+                elif isinstance(out, int):
+                    done = out in stop or fwd.step + 1 >= o.max_tokens
+                    await self.send(o.entry, TokenOut(o.session_id, fwd.step, out, done))
+                    if not done:
+                        pos = o.prompt_len + fwd.step
+                        await self.send(o.chain[0], Forward(o.session_id, pos, fwd.step + 1, True, (out,), None))
+            except asyncio.CancelledError:
+                raise
+            except (SwarmdError, OSError) as exc:
+                code = exc.code if isinstance(exc, SwarmdError) else "peer_unavailable"
+                await self._fail(sess, code, str(exc))
+                return
+
+    async def _fail(self, sess: StageSession, code: str, message: str) -> None:
+        sid = sess.open.session_id
+        log.warning("session %s failed at %s: %s", sid[:8], self.node_id, message)
+        await self._reply(sess.open.entry, SessionError(sid, self.node_id, code, message, 0.0))
+        await self._close(sid, code)
+
+    async def _close(self, session_id: str, reason: str) -> None:
+        sess = self.sessions.pop(session_id, None)
+        if sess is None:
+            return
+        if sess.worker is not None and sess.worker is not asyncio.current_task():
+            sess.worker.cancel()
+            await asyncio.gather(sess.worker, return_exceptions=True)
+        await self.engine.close_session(session_id)
+        log.debug("session %s closed at %s (%s)", session_id[:8], self.node_id, reason)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, self.idle_timeout_s / 2))
+            now = time.monotonic()
+            for sid, sess in list(self.sessions.items()):
+                if now - sess.last_active > self.idle_timeout_s and sess.queue.empty():
+                    log.info("session %s idle for %.0fs: closed", sid[:8], now - sess.last_active)
+                    await self._close(sid, "idle")
+
+    async def stop(self) -> None:
+        for task in [self._sweeper, *self._tasks]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*[t for t in [self._sweeper, *self._tasks] if t is not None], return_exceptions=True)
+        for sid in list(self.sessions):
+            await self._close(sid, "shutdown")

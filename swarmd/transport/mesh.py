@@ -1,0 +1,155 @@
+"""The node's connections to the rest of the swarm: the listener, one outgoing link per peer address,
+and the peer table fed by their Hello messages. ``send`` reaches a hop (locally when it is this node);
+every inbound message goes to one ``dispatch`` callback with the sender's authenticated node id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..config import NetConfig
+from ..errors import PeerUnavailable, ProtocolError
+from ..membership.table import PeerTable
+from ..wire.crypto import Keyring
+from ..wire.messages import Hello, Hop, Message, Ping, Pong
+from .connection import Connection
+from .peer import PeerLink
+from .server import PeerServer
+
+log = logging.getLogger(__name__)
+
+Dispatch = Callable[[Message, str], None]
+MAX_NODE_ID = 128
+
+
+class Mesh:
+    def __init__(self, cfg: NetConfig, keyring: Keyring | None, node_id: str, make_hello: Callable[[str], Hello],
+                 dispatch: Dispatch, on_peer_lost: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.keyring = keyring
+        self.node_id = node_id
+        self._make_hello = make_hello
+        self.dispatch = dispatch
+        self.on_peer_lost = on_peer_lost
+        self.table = PeerTable(node_id)
+        self.links: dict[str, PeerLink] = {}
+        self.server = PeerServer(cfg, keyring, self._serve)
+        self.advertised = ""
+        self.incompatible: dict[str, str] = {}  # addr -> why
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.server.start()
+        assert self.server.address is not None
+        host, port = self.server.address
+        self.advertised = f"{host}:{port}"
+        for addr in self.cfg.peers:
+            self.link(addr)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(link.stop() for link in self.links.values()), return_exceptions=True)
+        await self.server.stop()
+
+    def hello(self) -> Hello:
+        return self._make_hello(self.advertised)
+
+    # --- outgoing -------------------------------------------------------------------------------
+
+    def link(self, addr: str) -> PeerLink:
+        link = self.links.get(addr)
+        if link is None:
+            link = PeerLink(addr, self.cfg, self.keyring, self.hello, self._on_link_hello, self._on_link_down)
+            self.links[addr] = link
+            link.start()
+        return link
+
+    async def send(self, hop: Hop, msg: Message) -> None:
+        if hop.node_id == self.node_id:
+            self.dispatch(msg, self.node_id)
+            return
+        link = self.link(hop.addr)
+        if not link.up and not await link.wait_up(self.cfg.connect_timeout_s):
+            raise PeerUnavailable(f"no connection to {hop.node_id} at {hop.addr} ({link.last_error or link.state})")
+        if link.node_id != hop.node_id:
+            raise PeerUnavailable(f"{hop.addr} is now node {link.node_id}, not {hop.node_id}")
+        await link.send(msg)
+
+    def _compatible(self, hello: Hello) -> str | None:
+        mine = self.hello()
+        if hello.node_id == self.node_id:
+            return "peer uses this node's id"
+        if not hello.node_id or len(hello.node_id) > MAX_NODE_ID:
+            return "invalid node id"
+        if (hello.model, hello.num_layers, hello.hidden_size) != (mine.model, mine.num_layers, mine.hidden_size):
+            return f"serves {hello.model} ({hello.num_layers} layers), this node {mine.model}"
+        if hello.span_start >= 0 and not 0 <= hello.span_start < hello.span_end <= hello.num_layers:
+            return "invalid layer span"
+        return None
+
+    def _on_link_hello(self, addr: str, hello: Hello) -> bool:
+        why = self._compatible(hello)
+        if why is not None:
+            self.incompatible[addr] = why
+            log.warning("peer at %s rejected: %s", addr, why)
+            return False
+        self.incompatible.pop(addr, None)
+        self.table.saw(addr, hello, time.monotonic())
+        return True
+
+    def _on_link_down(self, addr: str) -> None:
+        for info in list(self.table.peers.values()):
+            if info.addr == addr and info.state == "alive":
+                self.table.down(info.node_id, time.monotonic())
+                log.info("peer %s at %s is down", info.node_id, addr)
+                self.on_peer_lost(info.node_id)
+
+    # --- incoming -------------------------------------------------------------------------------
+
+    async def _serve(self, conn: Connection) -> None:
+        first = await conn.recv()
+        if not isinstance(first, Hello):
+            raise ProtocolError(f"expected Hello first, got {type(first).__name__}", "unexpected")
+        why = self._compatible(first)
+        if why is not None:
+            raise ProtocolError(why, "incompatible")
+        host, _, port = first.listen.rpartition(":")
+        if host in ("0.0.0.0", "::", ""):  # the peer listens on every address: use the one it came from
+            host = conn.peer.rpartition(":")[0]
+        addr = f"{host}:{port}"
+        conn.node_id = first.node_id
+        await conn.send(self.hello())
+        self.link(addr)  # a way back to this peer
+        while True:
+            msg = await conn.recv()
+            if isinstance(msg, Ping):
+                conn.send_nowait(Pong(msg.nonce))
+            elif isinstance(msg, (Hello, Pong)):
+                raise ProtocolError(f"unexpected {type(msg).__name__}", "unexpected")
+            else:
+                self.dispatch(msg, first.node_id)
+
+    # --- status ---------------------------------------------------------------------------------
+
+    def peers_status(self) -> list[dict[str, Any]]:
+        out = []
+        for info in sorted(self.table.peers.values(), key=lambda p: p.node_id):
+            link = self.links.get(info.addr)
+            span = info.span
+            out.append({
+                "node_id": info.node_id, "addr": info.addr, "state": info.state,
+                "layers": list(span) if span else None, "device": info.hello.device,
+                "connection": link.state if link else "none",
+                "rtt_ms": round(link.rtt_s * 1000, 3) if link and link.rtt_s is not None else None,
+                "software": info.hello.software,
+            })
+        known = {p["addr"] for p in out}
+        for addr, link in sorted(self.links.items()):
+            if addr not in known:
+                out.append({"node_id": None, "addr": addr, "state": "unknown", "layers": None, "device": None,
+                            "connection": link.state, "error": self.incompatible.get(addr) or link.last_error})
+        return out

@@ -1,0 +1,156 @@
+"""Outgoing links: one persistent, authenticated connection per peer address, with reconnect and backoff.
+
+Messages on a link flow one way (this node -> the peer); the peer answers only Hello (once) and Pong.
+The link's task owns the connection: it connects, handshakes, exchanges Hello, pings, and on any error
+closes and retries after a jittered, doubling backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from ..config import NetConfig, parse_hostport
+from ..errors import PeerUnavailable, ProtocolError
+from ..wire.crypto import Keyring
+from ..wire.messages import Hello, Message, Ping, Pong
+from .connection import Connection, describe_error
+
+log = logging.getLogger(__name__)
+
+HelloCallback = Callable[[str, Hello], bool]  # (addr, their hello) -> accept?
+
+
+class PeerLink:
+    def __init__(self, addr: str, cfg: NetConfig, keyring: Keyring | None, hello: Callable[[], Hello],
+                 on_hello: HelloCallback, on_down: Callable[[str], None]) -> None:
+        self.addr = addr
+        self.cfg = cfg
+        self.keyring = keyring
+        self._hello = hello
+        self._on_hello = on_hello
+        self._on_down = on_down
+        self.conn: Connection | None = None
+        self.state = "connecting"  # connecting | up | backoff
+        self.last_error = ""
+        self.node_id: str | None = None
+        self.rtt_s: float | None = None
+        self._up = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._pings: dict[int, float] = {}
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"peer-link {self.addr}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self.conn is not None:
+            await self.conn.aclose()
+            self.conn = None
+
+    @property
+    def up(self) -> bool:
+        return self.conn is not None and self.state == "up"
+
+    async def wait_up(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._up.wait()
+            return True
+        except TimeoutError:
+            return False
+
+    def send_nowait(self, msg: Message) -> None:
+        """Queue a message on the live connection; raises PeerUnavailable when there is none."""
+        conn = self.conn
+        if conn is None or self.state != "up":
+            raise PeerUnavailable(f"no connection to {self.addr} ({self.last_error or self.state})")
+        try:
+            conn.send_nowait(msg)
+        except (OSError, RuntimeError) as exc:
+            raise PeerUnavailable(f"send to {self.addr} failed: {exc}") from exc
+
+    async def send(self, msg: Message) -> None:
+        self.send_nowait(msg)
+        conn = self.conn
+        if conn is not None:
+            try:
+                await conn.drain()
+            except (OSError, TimeoutError) as exc:
+                conn.close()
+                raise PeerUnavailable(f"send to {self.addr} failed: {describe_error(exc)}") from exc
+
+    async def _run(self) -> None:
+        delay = self.cfg.reconnect_min_s
+        while True:
+            try:
+                await self._session()
+                delay = self.cfg.reconnect_min_s
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure of this link: log, back off, retry
+                self.last_error = describe_error(exc)
+                log.log(logging.WARNING if isinstance(exc, ProtocolError) else logging.DEBUG,
+                        "link to %s down: %s", self.addr, self.last_error)
+            finally:
+                was_up = self.state == "up"
+                self.state = "backoff"
+                self._up.clear()
+                if self.conn is not None:
+                    await self.conn.aclose()
+                    self.conn = None
+                if was_up:
+                    self._on_down(self.addr)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.cfg.reconnect_max_s)
+
+    async def _session(self) -> None:
+        self.state = "connecting"
+        host, port = parse_hostport(self.addr)
+        async with asyncio.timeout(self.cfg.connect_timeout_s):
+            reader, writer = await asyncio.open_connection(host, port, limit=64 * 1024)
+        conn = Connection(reader, writer, self.cfg)
+        self.conn = conn
+        await conn.client_handshake(self.keyring)
+        await conn.send(self._hello())
+        reply = await conn.recv()
+        if not isinstance(reply, Hello):
+            raise ProtocolError(f"expected Hello, got {type(reply).__name__}", "unexpected")
+        if not self._on_hello(self.addr, reply):
+            raise ProtocolError(f"peer {reply.node_id} at {self.addr} is not compatible", "incompatible")
+        conn.node_id = self.node_id = reply.node_id
+        self.state = "up"
+        self.last_error = ""
+        self._up.set()
+        pinger = asyncio.create_task(self._ping(conn), name=f"ping {self.addr}")
+        pinger.add_done_callback(lambda t: conn.close() if not t.cancelled() and t.exception() else None)
+        try:
+            while True:  # the peer only ever answers Pong on this connection
+                msg = await conn.recv()
+                if isinstance(msg, Pong):
+                    sent = self._pings.pop(msg.nonce, None)
+                    if sent is not None:
+                        self.rtt_s = time.monotonic() - sent
+                else:
+                    raise ProtocolError(f"unexpected {type(msg).__name__} on an outgoing link", "unexpected")
+        finally:
+            pinger.cancel()
+            await asyncio.gather(pinger, return_exceptions=True)
+
+    async def _ping(self, conn: Connection) -> None:
+        self._pings.clear()
+        nonce = 0
+        while True:
+            nonce += 1
+            self._pings[nonce] = time.monotonic()
+            if len(self._pings) > 16:
+                self._pings.pop(min(self._pings))
+            await conn.send(Ping(nonce))
+            await asyncio.sleep(self.cfg.ping_interval_s)

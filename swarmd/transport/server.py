@@ -1,0 +1,79 @@
+"""The peer-to-peer listener: accepts, authenticates, then hands each connection to the node's handler.
+
+Owns one task per connection; ``stop`` closes the listener, then every connection, then awaits them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from ..config import NetConfig, parse_hostport
+from ..wire.crypto import Keyring
+from .connection import Connection, describe_error
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Connection], Awaitable[None]]
+
+
+class PeerServer:
+    def __init__(self, cfg: NetConfig, keyring: Keyring | None, handler: Handler) -> None:
+        self.cfg = cfg
+        self.keyring = keyring
+        self.handler = handler
+        self._server: asyncio.Server | None = None
+        self._conns: dict[asyncio.Task[None], Connection] = {}
+        self.address: tuple[str, int] | None = None
+        self.rejected: dict[str, int] = {}  # reason -> count, for status and metrics
+
+    async def start(self) -> None:
+        host, port = parse_hostport(self.cfg.listen)
+        self._server = await asyncio.start_server(self._accept, host, port, limit=64 * 1024)
+        sock = self._server.sockets[0]
+        self.address = sock.getsockname()[:2]
+        log.info("peer listener on %s:%d", *self.address)
+
+    def _count(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(reader, writer, self.cfg)
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._conns) >= self.cfg.max_connections:
+            self._count("too_many_connections")
+            log.warning("refusing %s: %d connections already open", conn.peer, len(self._conns))
+            await conn.aclose()
+            return
+        self._conns[task] = conn
+        try:
+            await conn.server_handshake(self.keyring)
+            await self.handler(conn)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a peer's bad input: drop this connection only
+            reason = describe_error(exc)
+            self._count(getattr(exc, "reason", type(exc).__name__))
+            level = logging.INFO if conn.authenticated else logging.WARNING
+            log.log(level, "closing connection from %s (%s): %s", conn.peer, conn.node_id or "unknown", reason)
+        finally:
+            self._conns.pop(task, None)
+            await conn.aclose()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        tasks = list(self._conns)
+        for task, conn in list(self._conns.items()):
+            conn.close()
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            try:
+                async with asyncio.timeout(2.0):
+                    await self._server.wait_closed()
+            except TimeoutError:
+                pass

@@ -1,0 +1,183 @@
+"""Encode and decode messages. The only module that imports msgpack.
+
+Body layout: a msgpack array ``[tag, field1, field2, ...]`` in dataclass field order; nested
+``Hop`` and ``TensorBlob`` values are arrays too; maps are never used (and rejected). Decoding
+checks the per-type size cap from the first two bytes before the body is parsed, bounds msgpack by
+the body length, then checks every field's type and range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from ..errors import DecodeError
+from ..types import TensorBlob
+from .messages import CATALOGUE, Hop, Message
+
+TENSOR_DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}
+MAX_STR = 4096
+MAX_DIMS = 4
+MAX_DIM = 1 << 31
+INT_MIN, INT_MAX = -1, (1 << 63) - 1
+
+Validator = Callable[[Any, str], Any]
+
+
+# --- encoding ------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (Hop, TensorBlob)):
+        return [_plain(getattr(value, f.name)) for f in dataclasses.fields(value)]
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def encode(msg: Message) -> bytes:
+    fields = [_plain(getattr(msg, f.name)) for f in dataclasses.fields(msg)]  # type: ignore[arg-type]
+    return msgpack.packb([msg.TAG, *fields], use_bin_type=True)
+
+
+# --- decoding ------------------------------------------------------------------------------------
+
+
+def peek_tag(body: bytes) -> int:
+    """The message tag from the first two bytes: ``fixarray`` header, then a positive fixint."""
+    if len(body) < 2 or body[0] & 0xF0 != 0x90 or body[1] > 0x7F:
+        raise DecodeError("frame does not start with a message header", "header")
+    return body[1]
+
+
+def _int(v: Any, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not INT_MIN <= v <= INT_MAX:
+        raise DecodeError(f"{where}: expected an integer in [{INT_MIN}, 2^63)", "fields")
+    return v
+
+
+def _float(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise DecodeError(f"{where}: expected a finite number", "fields")
+    return float(v)
+
+
+def _bool(v: Any, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise DecodeError(f"{where}: expected a boolean", "fields")
+    return v
+
+
+def _str(v: Any, where: str) -> str:
+    if not isinstance(v, str) or len(v) > MAX_STR:
+        raise DecodeError(f"{where}: expected a string of at most {MAX_STR} characters", "fields")
+    return v
+
+
+def _bytes(v: Any, where: str) -> bytes:
+    if not isinstance(v, bytes):
+        raise DecodeError(f"{where}: expected bytes", "fields")
+    return v
+
+
+def _struct(cls: type, parts: list[Validator]) -> Validator:
+    def check(v: Any, where: str) -> Any:
+        if not isinstance(v, list) or len(v) != len(parts):
+            raise DecodeError(f"{where}: expected {cls.__name__} with {len(parts)} fields", "fields")
+        return cls(*(p(x, f"{where}[{i}]") for i, (p, x) in enumerate(zip(parts, v, strict=True))))
+
+    return check
+
+
+def _tensor(v: Any, where: str) -> TensorBlob:
+    if not isinstance(v, list) or len(v) != 3:
+        raise DecodeError(f"{where}: expected a tensor [dtype, shape, data]", "tensor")
+    dtype, shape, data = v
+    if dtype not in TENSOR_DTYPES:
+        raise DecodeError(f"{where}: tensor dtype must be one of {sorted(TENSOR_DTYPES)}", "tensor")
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= MAX_DIMS
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIM for d in shape)):
+        raise DecodeError(f"{where}: tensor shape must be 1-{MAX_DIMS} positive dimensions", "tensor")
+    if not isinstance(data, bytes) or len(data) != math.prod(shape) * TENSOR_DTYPES[dtype]:
+        raise DecodeError(f"{where}: tensor bytes do not match dtype {dtype} and shape {shape}", "tensor")
+    return TensorBlob(dtype, tuple(shape), data)
+
+
+def _tuple_of(item: Validator) -> Validator:
+    def check(v: Any, where: str) -> tuple[Any, ...]:
+        if not isinstance(v, list):
+            raise DecodeError(f"{where}: expected a list", "fields")
+        return tuple(item(x, f"{where}[{i}]") for i, x in enumerate(v))
+
+    return check
+
+
+def _optional(inner: Validator) -> Validator:
+    return lambda v, where: None if v is None else inner(v, where)
+
+
+def _validator(tp: Any) -> Validator:
+    simple: dict[Any, Validator] = {int: _int, float: _float, bool: _bool, str: _str, bytes: _bytes,
+                                    TensorBlob: _tensor}
+    if tp in simple:
+        return simple[tp]
+    if tp is Hop:
+        return _struct(Hop, [_validator(t) for t in typing.get_type_hints(Hop).values()])
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return _tuple_of(_validator(args[0]))
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        return _optional(_validator(inner))
+    raise TypeError(f"no wire type for {tp!r}")
+
+
+def _schema(cls: type[Message]) -> list[Validator]:
+    hints = typing.get_type_hints(cls)
+    return [_validator(hints[f.name]) for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+
+
+SCHEMAS: dict[int, tuple[type[Message], list[Validator]]] = {tag: (cls, _schema(cls)) for tag, cls in CATALOGUE.items()}
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise DecodeError(f"msgpack extension type {code} is not allowed", "msgpack")
+
+
+def decode(body: bytes, allowed: frozenset[int] | None = None) -> Message:
+    """Decode one frame body into its message; ``allowed`` limits the tags accepted in this state."""
+    tag = peek_tag(body)
+    entry = SCHEMAS.get(tag)
+    if entry is None:
+        raise DecodeError(f"unknown message tag {tag}", "unknown_tag")
+    if allowed is not None and tag not in allowed:
+        raise DecodeError(f"message {entry[0].__name__} is not allowed here", "unexpected")
+    cls, schema = entry
+    if len(body) > cls.CAP:
+        raise DecodeError(f"{cls.__name__} of {len(body)} bytes exceeds its cap of {cls.CAP}", "oversized")
+    n = len(body)
+    try:
+        unpacker = msgpack.Unpacker(
+            raw=False, use_list=True, strict_map_key=True, max_buffer_size=max(n, 1), max_str_len=n,
+            max_bin_len=n, max_array_len=n, max_map_len=0, max_ext_len=0, ext_hook=_no_ext,
+        )
+        unpacker.feed(body)
+        value = unpacker.unpack()
+        if unpacker.tell() != n:
+            raise DecodeError(f"{n - unpacker.tell()} bytes of trailing garbage after the message", "msgpack")
+    except DecodeError:
+        raise
+    except Exception as exc:  # msgpack raises several unrelated types for malformed input
+        raise DecodeError(f"invalid msgpack: {type(exc).__name__}: {exc}", "msgpack") from None
+    if not isinstance(value, list) or len(value) != len(schema) + 1:
+        raise DecodeError(f"{cls.__name__}: expected {len(schema)} fields", "fields")
+    fields = [check(v, f"{cls.__name__}.{f.name}")
+              for check, v, f in zip(schema, value[1:], dataclasses.fields(cls), strict=True)]  # type: ignore[arg-type]
+    return cls(*fields)

@@ -1,0 +1,181 @@
+"""Every peer-to-peer message, as a frozen dataclass with an append-only numeric tag.
+
+The tags are part of the protocol: never reuse or renumber one; add new messages with new tags.
+Field order is the wire order. ``proto_spec.md`` §6 lists the same catalogue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..types import TensorBlob
+
+PROTOCOL_VERSION = 1
+
+KIB = 1024
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One stage of a session's chain: the node, how to reach it, and the layers it runs."""
+
+    node_id: str
+    addr: str
+    start: int
+    end: int
+
+
+class Message:
+    TAG: ClassVar[int]
+    CAP: ClassVar[int]  # largest encoded body accepted for this type, checked before decoding
+
+
+# --- handshake (plaintext, before keys exist; tiny frames) ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHello(Message):
+    TAG: ClassVar[int] = 1
+    CAP: ClassVar[int] = 256
+    version: int
+    key_ids: tuple[bytes, ...]  # ids of the keys the client holds, newest first (empty: insecure)
+    nonce: bytes  # 32 random bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ServerHello(Message):
+    TAG: ClassVar[int] = 2
+    CAP: ClassVar[int] = 256
+    version: int
+    key_id: bytes  # the key the server chose (empty: insecure)
+    nonce: bytes
+    mac: bytes  # HMAC proving the server holds that key
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAuth(Message):
+    TAG: ClassVar[int] = 3
+    CAP: ClassVar[int] = 128
+    mac: bytes  # HMAC proving the client holds the key
+
+
+# --- membership and liveness (encrypted) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """Sent by each side right after the handshake; a span of ``(-1, -1)`` means no layers."""
+
+    TAG: ClassVar[int] = 10
+    CAP: ClassVar[int] = 4 * KIB
+    node_id: str
+    listen: str
+    software: str
+    model: str
+    num_layers: int
+    hidden_size: int
+    span_start: int
+    span_end: int
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Message):
+    TAG: ClassVar[int] = 11
+    CAP: ClassVar[int] = 64
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Message):
+    TAG: ClassVar[int] = 12
+    CAP: ClassVar[int] = 64
+    nonce: int
+
+
+# --- ring sessions (encrypted) -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOpen(Message):
+    """Entry -> every stage: reserve a KV cache and learn your place in the chain."""
+
+    TAG: ClassVar[int] = 20
+    CAP: ClassVar[int] = 64 * KIB
+    session_id: str
+    entry: Hop  # where tokens go (start = end = 0)
+    chain: tuple[Hop, ...]
+    hop: int  # index of the receiving stage in ``chain``
+    capacity: int  # KV positions to reserve
+    prompt_len: int
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int
+    stop_token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionAccepted(Message):
+    TAG: ClassVar[int] = 21
+    CAP: ClassVar[int] = 1 * KIB
+    session_id: str
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionError(Message):
+    """A stage could not open or continue a session; ``code`` is one of proto_spec.md §7."""
+
+    TAG: ClassVar[int] = 22
+    CAP: ClassVar[int] = 8 * KIB
+    session_id: str
+    node_id: str
+    code: str
+    message: str
+    retry_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class Forward(Message):
+    """Positions ``[start_pos, start_pos + n)`` of a session: token ids (first stage) or hidden states."""
+
+    TAG: ClassVar[int] = 23
+    CAP: ClassVar[int] = 256 * MIB  # further bounded by the connection's frame cap
+    session_id: str
+    start_pos: int
+    step: int  # generation step this forward produces when ``sample`` (RNG index)
+    sample: bool  # the last stage samples a token after this forward
+    tokens: tuple[int, ...]
+    hidden: TensorBlob | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenOut(Message):
+    """Last stage -> entry: the token sampled at ``step``; ``done`` when the ring stops by itself."""
+
+    TAG: ClassVar[int] = 24
+    CAP: ClassVar[int] = 1 * KIB
+    session_id: str
+    step: int
+    token: int
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClose(Message):
+    TAG: ClassVar[int] = 25
+    CAP: ClassVar[int] = 1 * KIB
+    session_id: str
+    reason: str
+
+
+CATALOGUE: dict[int, type[Message]] = {
+    cls.TAG: cls
+    for cls in (ClientHello, ServerHello, ClientAuth, Hello, Ping, Pong, SessionOpen, SessionAccepted,
+                SessionError, Forward, TokenOut, SessionClose)
+}
+HANDSHAKE_TAGS = frozenset({ClientHello.TAG, ServerHello.TAG, ClientAuth.TAG})
