@@ -49,7 +49,8 @@ class Mesh:
         host, port = self.server.address
         self.advertised = f"{host}:{port}"
         for addr in self.cfg.peers:
-            self.link(addr)
+            if addr not in (self.advertised, self.cfg.listen):
+                self.link(addr)
 
     async def stop(self) -> None:
         await asyncio.gather(*(link.stop() for link in self.links.values()), return_exceptions=True)
@@ -91,7 +92,9 @@ class Mesh:
             return "invalid layer span"
         return None
 
-    def _on_link_hello(self, addr: str, hello: Hello) -> bool:
+    def _on_link_hello(self, addr: str, hello: Hello) -> bool | None:
+        if hello.node_id == self.node_id:
+            return None  # a seed address that turned out to be this node
         why = self._compatible(hello)
         if why is not None:
             self.incompatible[addr] = why
@@ -149,7 +152,7 @@ class Mesh:
             })
         known = {p["addr"] for p in out}
         for addr, link in sorted(self.links.items()):
-            if addr not in known:
+            if addr not in known and link.state != "self":
                 out.append({"node_id": None, "addr": addr, "state": "unknown", "layers": None, "device": None,
                             "connection": link.state, "error": self.incompatible.get(addr) or link.last_error})
         return out

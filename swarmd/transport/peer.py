@@ -21,7 +21,11 @@ from .connection import Connection, describe_error
 
 log = logging.getLogger(__name__)
 
-HelloCallback = Callable[[str, Hello], bool]  # (addr, their hello) -> accept?
+HelloCallback = Callable[[str, Hello], bool | None]  # (addr, hello) -> accept; None: it is us, stop the link
+
+
+class _LinkToSelf(Exception):
+    pass
 
 
 class PeerLink:
@@ -95,21 +99,28 @@ class PeerLink:
                 delay = self.cfg.reconnect_min_s
             except asyncio.CancelledError:
                 raise
+            except _LinkToSelf:
+                log.debug("%s is this node's own address: link closed", self.addr)
+                await self._teardown()
+                self.state = "self"
+                return
             except Exception as exc:  # any failure of this link: log, back off, retry
                 self.last_error = describe_error(exc)
                 log.log(logging.WARNING if isinstance(exc, ProtocolError) else logging.DEBUG,
                         "link to %s down: %s", self.addr, self.last_error)
-            finally:
-                was_up = self.state == "up"
-                self.state = "backoff"
-                self._up.clear()
-                if self.conn is not None:
-                    await self.conn.aclose()
-                    self.conn = None
-                if was_up:
-                    self._on_down(self.addr)
+            await self._teardown()
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.cfg.reconnect_max_s)
+
+    async def _teardown(self) -> None:
+        was_up = self.state == "up"
+        self.state = "backoff"
+        self._up.clear()
+        if self.conn is not None:
+            await self.conn.aclose()
+            self.conn = None
+        if was_up:
+            self._on_down(self.addr)
 
     async def _session(self) -> None:
         self.state = "connecting"
@@ -123,7 +134,10 @@ class PeerLink:
         reply = await conn.recv()
         if not isinstance(reply, Hello):
             raise ProtocolError(f"expected Hello, got {type(reply).__name__}", "unexpected")
-        if not self._on_hello(self.addr, reply):
+        verdict = self._on_hello(self.addr, reply)
+        if verdict is None:
+            raise _LinkToSelf()
+        if not verdict:
             raise ProtocolError(f"peer {reply.node_id} at {self.addr} is not compatible", "incompatible")
         conn.node_id = self.node_id = reply.node_id
         self.state = "up"
