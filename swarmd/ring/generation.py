@@ -15,6 +15,7 @@ from typing import Protocol
 
 from ..errors import ProtocolError
 from ..types import FinishReason, GenerationRequest
+from .entry import Token
 from .textstream import TextStream
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ class TokenSource(Protocol):
     """An open ring session as the generation sees it."""
 
     async def feed(self, token_ids: Sequence[int], start_pos: int, chunk: int) -> None: ...
-    async def next_token(self, timeout: float) -> object: ...
+    async def next_token(self, timeout: float) -> Token: ...
     async def close(self, reason: str) -> None: ...
 
 
@@ -80,9 +81,9 @@ class Generation:
         await ring.feed(req.prompt_ids, 0, self.prefill_chunk)
         for step in range(req.max_tokens):
             tok = await ring.next_token(self.token_timeout_s)
-            if getattr(tok, "step", step) != step:
-                raise ProtocolError(f"ring sent step {getattr(tok, 'step', '?')} while step {step} was due")
-            token = int(getattr(tok, "token", tok))
+            if tok.step != step:
+                raise ProtocolError(f"ring sent step {tok.step} while step {step} was due")
+            token = tok.token
             if token in req.stop_token_ids:
                 self.finish_reason = FinishReason.STOP
                 break
