@@ -46,6 +46,8 @@ def resolve_span(layers: str, num_layers: int, listen: str, peers: tuple[str, ..
     if port == 0:
         raise ConfigError("--layers auto with --peer needs a fixed --listen port (or give --layers START:END)")
     members = sorted({listen, *peers})
+    if len(members) > num_layers:
+        raise ConfigError(f"{len(members)} nodes cannot share {num_layers} layers evenly; give --layers START:END")
     start, end = even_split(num_layers, len(members), members.index(listen))
     return LayerSpan(start, end, num_layers)
 

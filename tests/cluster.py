@@ -59,6 +59,7 @@ class Cluster:
     cache_dir: Path
     key: Path | None = None
     extra: list[str] = field(default_factory=list)
+    threads: int = 1  # torch threads per daemon (0: torch's default); 1 keeps test rings from fighting
     daemons: list[Daemon] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -68,9 +69,11 @@ class Cluster:
         for i, span in enumerate(self.spans):
             peers = [a for a in addrs if a != addrs[i]]
             args = ["--model", self.model, "--layers", span, "--listen", addrs[i], "--node-id", f"node{i}",
-                    "--socket", str(self.root / f"n{i}.sock"), "--key-file", str(self.key), "--threads", "1",
+                    "--socket", str(self.root / f"n{i}.sock"), "--key-file", str(self.key),
+                    "--threads", str(self.threads),
                     "--drain-timeout", "5", *[x for p in peers for x in ("--peer", p)], *self.extra]
-            self.daemons.append(Daemon(f"node{i}", self.root / f"n{i}.sock", addrs[i], self.root / f"n{i}.log", args))
+            sock, log = self.root / f"n{i}.sock", self.root / f"n{i}.log"
+            self.daemons.append(Daemon(f"node{i}", sock, addrs[i], log, args))
 
     def start(self, timeout: float = 300.0) -> Cluster:
         env = dict(os.environ, SWARMD_CACHE_DIR=str(self.cache_dir), HF_HUB_OFFLINE="1")

@@ -138,7 +138,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self._pool, fn, *args)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), self.cfg.step_timeout_s)
+            async with asyncio.timeout(self.cfg.step_timeout_s):
+                return await fut  # cancelling the wrapper future leaves the running step to finish
         except TimeoutError:
             raise StepTimeout(f"engine step took longer than {self.cfg.step_timeout_s}s") from None
 

@@ -28,21 +28,24 @@ def plan_chain(holders: Iterable[Holder], num_layers: int, prefer: str | None = 
     for h in holders:
         if 0 <= h.start < h.end <= num_layers:
             by_start.setdefault(h.start, []).append(h)
-    # Dynamic programming over boundaries: fewest hops to reach each layer index.
-    best: dict[int, tuple[int, list[Holder]]] = {0: (0, [])}
+    # Dynamic programming over boundaries: the best path to each layer index, compared by
+    # (hops, then each hop's (-end, not preferred, node id) in order).
+    def key(h: Holder) -> tuple[int, bool, str]:
+        return (-h.end, h.node_id != prefer, h.node_id)
+
+    best: dict[int, tuple[int, list[tuple[int, bool, str]], list[Holder]]] = {0: (0, [], [])}
     for pos in range(num_layers):
         if pos not in best:
             continue
-        hops, path = best[pos]
-        options = sorted(by_start.get(pos, []), key=lambda h: (-h.end, h.node_id != prefer, h.node_id))
-        for h in options:
-            cand = (hops + 1, [*path, h])
+        hops, keys, path = best[pos]
+        for h in by_start.get(pos, []):
+            cand = (hops + 1, [*keys, key(h)], [*path, h])
             cur = best.get(h.end)
-            if cur is None or cand[0] < cur[0]:
+            if cur is None or cand[:2] < cur[:2]:
                 best[h.end] = cand
     if num_layers not in best:
         return None
-    return [Hop(h.node_id, h.addr, h.start, h.end) for h in best[num_layers][1]]
+    return [Hop(h.node_id, h.addr, h.start, h.end) for h in best[num_layers][2]]
 
 
 def even_split(num_layers: int, nodes: int, index: int) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """Encode and decode messages. The only module that imports msgpack.
 
 Body layout: a msgpack array ``[tag, field1, field2, ...]`` in dataclass field order; nested
-``Hop`` and ``TensorBlob`` values are arrays too; maps are never used (and rejected). Decoding
+``Hop`` and ``TensorBlob`` values are arrays too; maps are never used (the parser rejects any map with
+entries; an empty map fails the field checks). Decoding
 checks the per-type size cap from the first two bytes before the body is parsed, bounds msgpack by
 the body length, then checks every field's type and range.
 """
@@ -99,7 +100,7 @@ def _tensor(v: Any, where: str) -> TensorBlob:
     if not isinstance(v, list) or len(v) != 3:
         raise DecodeError(f"{where}: expected a tensor [dtype, shape, data]", "tensor")
     dtype, shape, data = v
-    if dtype not in TENSOR_DTYPES:
+    if not isinstance(dtype, str) or dtype not in TENSOR_DTYPES:
         raise DecodeError(f"{where}: tensor dtype must be one of {sorted(TENSOR_DTYPES)}", "tensor")
     if (not isinstance(shape, list) or not 1 <= len(shape) <= MAX_DIMS
             or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIM for d in shape)):
