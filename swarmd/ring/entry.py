@@ -17,7 +17,7 @@ from ..wire.messages import Forward, Hop, Message, SessionAccepted, SessionClose
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[Hop, Message], Awaitable[None]]
+Send = Callable[..., Awaitable[None]]  # (hop, *messages)
 Planner = Callable[[], list[Hop] | None]
 
 

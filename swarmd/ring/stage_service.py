@@ -20,7 +20,7 @@ from ..wire.messages import Forward, Hop, Message, SessionAccepted, SessionClose
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[Hop, Message], Awaitable[None]]
+Send = Callable[..., Awaitable[None]]  # (hop, *messages)
 QUEUE_LIMIT = 1024
 
 
@@ -134,10 +134,15 @@ class StageService:
                     await self.send(nxt, Forward(o.session_id, fwd.start_pos, fwd.step, fwd.sample, (), out))
                 elif isinstance(out, int):
                     done = out in stop or fwd.step + 1 >= o.max_tokens
-                    await self.send(o.entry, TokenOut(o.session_id, fwd.step, out, done))
-                    if not done:
-                        pos = o.prompt_len + fwd.step
-                        await self.send(o.chain[0], Forward(o.session_id, pos, fwd.step + 1, True, (out,), None))
+                    token = TokenOut(o.session_id, fwd.step, out, done)
+                    nxt_step = Forward(o.session_id, o.prompt_len + fwd.step, fwd.step + 1, True, (out,), None)
+                    if done:
+                        await self.send(o.entry, token)
+                    elif o.entry.node_id == o.chain[0].node_id:  # same node: one write, the ring's step first
+                        await self.send(o.entry, nxt_step, token)
+                    else:
+                        await self.send(o.chain[0], nxt_step)  # the ring goes on first, the entry streams
+                        await self.send(o.entry, token)
             except asyncio.CancelledError:
                 raise
             except (SwarmdError, OSError) as exc:

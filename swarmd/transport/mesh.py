@@ -69,16 +69,18 @@ class Mesh:
             link.start()
         return link
 
-    async def send(self, hop: Hop, msg: Message) -> None:
+    async def send(self, hop: Hop, *msgs: Message) -> None:
+        """Deliver messages to a hop, in order, in one write when it is remote."""
         if hop.node_id == self.node_id:
-            self.dispatch(msg, self.node_id)
+            for msg in msgs:
+                self.dispatch(msg, self.node_id)
             return
         link = self.link(hop.addr)
         if not link.up and not await link.wait_up(self.cfg.connect_timeout_s):
             raise PeerUnavailable(f"no connection to {hop.node_id} at {hop.addr} ({link.last_error or link.state})")
         if link.node_id != hop.node_id:
             raise PeerUnavailable(f"{hop.addr} is now node {link.node_id}, not {hop.node_id}")
-        await link.send(msg)
+        await link.send(*msgs)
 
     def _compatible(self, hello: Hello) -> str | None:
         mine = self.hello()

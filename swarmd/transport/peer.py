@@ -71,18 +71,21 @@ class PeerLink:
         except TimeoutError:
             return False
 
-    def send_nowait(self, msg: Message) -> None:
-        """Queue a message on the live connection; raises PeerUnavailable when there is none."""
+    def send_nowait(self, *msgs: Message) -> None:
+        """Queue messages on the live connection (one write); raises PeerUnavailable when there is none."""
         conn = self.conn
         if conn is None or self.state != "up":
             raise PeerUnavailable(f"no connection to {self.addr} ({self.last_error or self.state})")
         try:
-            conn.send_nowait(msg)
+            if len(msgs) == 1:
+                conn.send_nowait(msgs[0])
+            else:
+                conn.send_many_nowait(list(msgs))
         except (OSError, RuntimeError) as exc:
             raise PeerUnavailable(f"send to {self.addr} failed: {exc}") from exc
 
-    async def send(self, msg: Message) -> None:
-        self.send_nowait(msg)
+    async def send(self, *msgs: Message) -> None:
+        self.send_nowait(*msgs)
         conn = self.conn
         if conn is not None:
             try:
