@@ -19,7 +19,11 @@ from .settings import describe, load_config
 log = logging.getLogger("swarmd")
 
 
-def _quiet_libraries() -> None:
+def _environment_defaults() -> None:
+    """Set before torch is imported; a value already in the environment wins."""
+    # OpenMP threads sleep right after each parallel region instead of spinning: a stage waits on the
+    # network between steps, and spinning threads would steal the cores of the other processes.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # Nothing is ever fetched from a model hub; keep third-party progress bars out of the journal.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -60,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if key is None:
         log.warning("RUNNING INSECURE: no swarm key, peers are not authenticated and traffic is not encrypted")
-    _quiet_libraries()
+    _environment_defaults()
     runner: Any = asyncio.run
     try:
         import uvloop
