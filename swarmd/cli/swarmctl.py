@@ -56,10 +56,11 @@ def render_peers(doc: dict[str, Any]) -> str:
     peers = doc.get("peers") or []
     if not peers:
         return "peers     none"
-    rows = [("NODE", "ADDR", "STATE", "LAYERS", "DEVICE")]
-    rows += [(p.get("node_id", "?"), p.get("addr", "?"), p.get("state", "?"), _fmt_layers(p.get("layers")),
-              p.get("device", "?")) for p in peers]
-    widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
+    rows = [("NODE", "ADDR", "STATE", "LAYERS", "DEVICE", "LINK", "RTT")]
+    rows += [(p.get("node_id") or "?", p.get("addr", "?"), p.get("state", "?"), _fmt_layers(p.get("layers")),
+              p.get("device") or "-", p.get("connection", "-"),
+              f"{p['rtt_ms']:.2f}ms" if p.get("rtt_ms") is not None else (p.get("error") or "-")) for p in peers]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 

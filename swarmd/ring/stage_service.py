@@ -8,6 +8,7 @@ back to the first stage as the next step: a decode step costs one hop per stage.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 Send = Callable[..., Awaitable[None]]  # (hop, *messages)
 QUEUE_LIMIT = 1024
+CLOSED_MEMORY = 4096
 
 
 @dataclass
@@ -49,6 +51,9 @@ class StageService:
         self.sessions: dict[str, StageSession] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        # Sessions closed by their entry before their open finished here (an open can race a close
+        # when another stage refused the session); bounded, oldest forgotten first.
+        self._closed_early: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="stage-idle-sweeper")
@@ -82,7 +87,11 @@ class StageService:
                 self._spawn(self._fail(sess, "overloaded", "stage queue full"), "fail")
         elif isinstance(msg, SessionClose):
             sess = self.sessions.get(msg.session_id)
-            if sess is not None and sender == sess.open.entry.node_id:
+            if sess is None:
+                self._closed_early[msg.session_id] = None
+                while len(self._closed_early) > CLOSED_MEMORY:
+                    self._closed_early.popitem(last=False)
+            elif sender == sess.open.entry.node_id:
                 self._spawn(self._close(msg.session_id, msg.reason), f"close {msg.session_id[:8]}")
 
     async def _open(self, msg: SessionOpen) -> None:
@@ -105,6 +114,9 @@ class StageService:
             retry = getattr(err, "retry_after_s", 0) if isinstance(err, CapacityError) else 0
             await self._reply(msg.entry, SessionError(msg.session_id, self.node_id, err.code, err.message,
                                                       float(retry)))
+            return
+        if self._closed_early.pop(msg.session_id, "open") is None:  # the entry gave up meanwhile
+            await self.engine.close_session(msg.session_id)
             return
         sess = StageSession(msg)
         self.sessions[msg.session_id] = sess

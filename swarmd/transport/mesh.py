@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..config import NetConfig
-from ..errors import PeerUnavailable, ProtocolError
+from ..config import NetConfig, parse_hostport
+from ..errors import ConfigError, PeerUnavailable, ProtocolError
 from ..membership.table import PeerTable
 from ..wire.crypto import Keyring
 from ..wire.messages import Hello, Hop, Message, Ping, Pong
@@ -92,6 +92,11 @@ class Mesh:
             return f"serves {hello.model} ({hello.num_layers} layers), this node {mine.model}"
         if hello.span_start >= 0 and not 0 <= hello.span_start < hello.span_end <= hello.num_layers:
             return "invalid layer span"
+        try:
+            if parse_hostport(hello.listen)[1] == 0:
+                return "listen address without a port"
+        except ConfigError:
+            return f"invalid listen address {hello.listen!r}"
         return None
 
     def _on_link_hello(self, addr: str, hello: Hello) -> bool | None:
