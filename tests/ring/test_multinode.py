@@ -128,3 +128,34 @@ def test_stage_without_kv_memory_gives_503(tiny_models: dict[str, Path], tmpdir_
         assert doc["kv_cache"]["used_bytes"] == 0 and doc["sessions"]["as_stage"] == 0
     finally:
         cluster.stop()
+
+
+def test_killed_stage_fails_the_stream_promptly_and_frees_caches(tiny_models: dict[str, Path],
+                                                                  tmpdir_short: Path) -> None:
+    """Until replay exists ([4/8]) a lost stage must end the stream with an error at once, never hang."""
+    import json
+    import signal
+    import time
+
+    cluster = Cluster(tmpdir_short, str(tiny_models["llama"]), ["0:2", "2:4"], shared_cache_dir()).start()
+    try:
+        events: list[str] = []
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(cluster.daemons[0].sock)), timeout=60) as c:
+            with c.stream("POST", "http://x/v1/completions",
+                          json={"prompt": [1, 2, 3], "max_tokens": 500, "stream": True}) as r:
+                started = None
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        events.append(line[6:])
+                    if len(events) == 5:
+                        cluster.daemons[1].signal(signal.SIGKILL)
+                        started = time.monotonic()
+            assert started is not None and time.monotonic() - started < 15
+            assert events[-1] == "[DONE]"
+            assert "error" in json.loads(events[-2]), events[-3:]
+            assert len(events) < 500
+            doc = c.get("http://x/v1/swarm/status").json()
+            assert doc["kv_cache"]["used_bytes"] == 0
+            assert c.get("http://x/health").status_code == 503  # layers 2:4 are gone
+    finally:
+        cluster.stop()
