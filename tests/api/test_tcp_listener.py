@@ -26,7 +26,7 @@ def test_bearer_token_required_on_tcp(tiny_models: dict[str, Path]) -> None:
     try:
         host, port = node.node.api.tcp_address  # type: ignore[misc]
         base = f"http://{host}:{port}"
-        body = {"prompt": "Hello", "max_tokens": 3}
+        body = {"prompt": "Hello", "max_tokens": 3, "temperature": 0}
         r = httpx.post(f"{base}/v1/completions", json=body)
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
         r = httpx.post(f"{base}/v1/completions", json=body, headers={"Authorization": "Bearer wrong"})
