@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import tempfile
@@ -69,8 +70,7 @@ def test_client_disconnect_frees_kv_at_once(small_node: NodeThread, stream: bool
     slow_down(small_node, 0.05)  # 200 tokens would take 10 s
     # Greedy on this prompt runs past 50 tokens with the tiny llama (see tests/ring): long enough to cut.
     prompt = "The quick brown fox jumps over the lazy dog. What is the capital of France?"
-    body = ('{"prompt": "%s", "max_tokens": 200, "temperature": 0, "stream": %s}'
-            % (prompt, "true" if stream else "false")).encode()
+    body = json.dumps({"prompt": prompt, "max_tokens": 200, "temperature": 0, "stream": stream}).encode()
     s = socket.socket(socket.AF_UNIX)
     s.connect(small_node.socket)
     s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
