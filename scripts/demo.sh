@@ -14,7 +14,8 @@ KEY="$WORK/swarm.key"
 (umask 077 && swarmctl keygen > "$KEY")
 export SWARMD_CACHE_DIR=${SWARMD_CACHE_DIR:-$PWD/.cache/swarmd}
 
-swarmd --socket "$SOCK" --key-file "$KEY" --model smollm2-135m-instruct --log-level INFO \
+# One node on this machine: no peers to discover, so mDNS stays off (nothing multicast on the LAN).
+swarmd --socket "$SOCK" --key-file "$KEY" --model smollm2-135m-instruct --log-level INFO --no-mdns \
   > "$WORK/swarmd.log" 2>&1 &
 PID=$!
 cleanup() { kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$WORK"; }

@@ -79,6 +79,7 @@ class Node:
                              shutdown_timeout=cfg.drain_timeout_s)
         self._stopped = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.discovery: Any = None  # discovery.mdns.MdnsDiscovery while running
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -92,6 +93,7 @@ class Node:
                 load.result()  # raise a load error
                 await self.mesh.start()
                 self.entry.self_hop = Hop(self.node_id, self.mesh.advertised, 0, 0)
+                await self._start_discovery()
                 self.state = NodeState.SERVING
                 self.notifier.ready(f"serving {self.model_name}")
                 log.info("node %s serving %s; api %s, peers on %s", self.node_id, self.model_name,
@@ -136,6 +138,22 @@ class Node:
         self.loaded = loaded
         self._load_progress = "loaded"
 
+    async def _start_discovery(self) -> None:
+        """mDNS proposes peers of the same swarm (by key id); the mesh connects and the handshake decides."""
+        if not self.cfg.net.mdns:
+            return
+        from .discovery.mdns import MdnsDiscovery
+
+        host, port = parse_hostport(self.mesh.advertised)
+        key_id = self.keyring.public_id if self.keyring is not None else "insecure"
+        addresses = None if host in ("0.0.0.0", "") else [host]
+        self.discovery = MdnsDiscovery(self.node_id, key_id, port, lambda c: self.mesh.link(c.addr), addresses)
+        try:
+            await self.discovery.start()
+        except OSError as exc:  # no multicast-capable interface: static peers still work
+            log.warning("mDNS discovery unavailable: %s", exc)
+            self.discovery = None
+
     async def shutdown(self) -> None:
         """Stop accepting, let in-flight sessions finish up to the drain timeout, then close everything."""
         if self._stopped:
@@ -148,6 +166,8 @@ class Node:
         await self.api.stop()
         if self.stage_service is not None:
             await self.stage_service.stop()
+        if self.discovery is not None:
+            await self.discovery.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -59,6 +59,7 @@ class Cluster:
     cache_dir: Path
     key: Path | None = None
     extra: list[str] = field(default_factory=list)
+    mdns: bool = False  # loopback rings never multicast on the host's network
     threads: int = 1  # torch threads per daemon (0: torch's default); 1 keeps test rings from fighting
     daemons: list[Daemon] = field(default_factory=list)
 
@@ -71,7 +72,8 @@ class Cluster:
             args = ["--model", self.model, "--layers", span, "--listen", addrs[i], "--node-id", f"node{i}",
                     "--socket", str(self.root / f"n{i}.sock"), "--key-file", str(self.key),
                     "--threads", str(self.threads),
-                    "--drain-timeout", "5", *[x for p in peers for x in ("--peer", p)], *self.extra]
+                    "--drain-timeout", "5", *[x for p in peers for x in ("--peer", p)],
+                    *([] if self.mdns else ["--no-mdns"]), *self.extra]
             sock, log = self.root / f"n{i}.sock", self.root / f"n{i}.log"
             self.daemons.append(Daemon(f"node{i}", sock, addrs[i], log, args))
 

@@ -79,7 +79,7 @@ def node_config(tmp: Path, model: str, **engine: object) -> NodeConfig:
         model=ModelConfig(source=model, cache_dir=shared_cache_dir()),
         engine=replace(EngineConfig(threads=2), **engine),  # type: ignore[arg-type]
         api=ApiConfig(socket=tmp / "swarmd.sock", max_body_bytes=64 * 1024, max_sessions=8),
-        net=NetConfig(listen="127.0.0.1:0", insecure=True),
+        net=NetConfig(listen="127.0.0.1:0", insecure=True, mdns=False),  # tests never multicast on the host
     )
 
 

@@ -75,9 +75,12 @@ class Mesh:
             for msg in msgs:
                 self.dispatch(msg, self.node_id)
             return
-        link = self.link(hop.addr)
+        # The address this node learned for that node id (its Hello, with a wildcard listen address
+        # replaced by the source address of its connection) beats the one written into the hop.
+        info = self.table.peers.get(hop.node_id)
+        link = self.link(info.addr if info is not None and info.state == "alive" else hop.addr)
         if not link.up and not await link.wait_up(self.cfg.connect_timeout_s):
-            raise PeerUnavailable(f"no connection to {hop.node_id} at {hop.addr} ({link.last_error or link.state})")
+            raise PeerUnavailable(f"no connection to {hop.node_id} at {link.addr} ({link.last_error or link.state})")
         if link.node_id != hop.node_id:
             raise PeerUnavailable(f"{hop.addr} is now node {link.node_id}, not {hop.node_id}")
         await link.send(*msgs)
@@ -133,6 +136,8 @@ class Mesh:
         addr = f"{host}:{port}"
         conn.node_id = first.node_id
         await conn.send(self.hello())
+        if first.node_id not in self.table.peers:
+            self.table.saw(addr, first, time.monotonic())  # refreshed by our own link's Hello exchange
         self.link(addr)  # a way back to this peer
         while True:
             msg = await conn.recv()

@@ -36,7 +36,7 @@ class Daemon:
         env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path), SWARMD_CACHE_DIR=str(shared_cache_dir()))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "swarmd.cli.swarmd_main", "--socket", str(self.sock), "--node-id", "d1",
-             "--drain-timeout", "10", *args],
+             "--drain-timeout", "10", "--no-mdns", *args],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
 
@@ -118,21 +118,22 @@ def test_ready_status_chat_and_sigterm_drain(short_tmp: Path, key_file: Path,
 
 
 def test_refuses_to_start_without_key(short_tmp: Path, tiny_models: dict[str, Path]) -> None:
-    out = subprocess.run([sys.executable, "-m", "swarmd.cli.swarmd_main", "--model", str(tiny_models["llama"]),
-                          "--socket", str(short_tmp / "s.sock")], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "swarmd.cli.swarmd_main", "--no-mdns", "--model",
+                          str(tiny_models["llama"]), "--socket", str(short_tmp / "s.sock")],
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "swarm key" in out.stderr and "--insecure" in out.stderr
 
 
 def test_refuses_world_readable_key(short_tmp: Path, key_file: Path) -> None:
     key_file.chmod(0o644)
-    out = subprocess.run([sys.executable, "-m", "swarmd.cli.swarmd_main", "--key-file", str(key_file),
+    out = subprocess.run([sys.executable, "-m", "swarmd.cli.swarmd_main", "--no-mdns", "--key-file", str(key_file),
                           "--socket", str(short_tmp / "s.sock")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "chmod 600" in out.stderr
 
 
 def test_missing_model_path_is_a_clear_error(short_tmp: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "swarmd.cli.swarmd_main", "--insecure", "--model",
+    out = subprocess.run([sys.executable, "-m", "swarmd.cli.swarmd_main", "--no-mdns", "--insecure", "--model",
                           str(short_tmp / "nope"), "--socket", str(short_tmp / "s.sock")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
