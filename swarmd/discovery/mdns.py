@@ -53,7 +53,7 @@ def parse_txt(props: dict[bytes, bytes | None], addresses: list[str], port: int,
     node_id = get("id")
     if not node_id or node_id == own_id or get("key") != key_id or not 0 < port < 65536:
         return None
-    usable = []
+    usable: list[str] = []
     for a in addresses:
         try:
             ip = ipaddress.ip_address(a)
@@ -71,7 +71,7 @@ def parse_txt(props: dict[bytes, bytes | None], addresses: list[str], port: int,
 class MdnsDiscovery:
     """Owns one AsyncZeroconf: registers this node, browses for others, resolves them in owned tasks."""
 
-    def __init__(self, node_id: str, key_id: str, port: int, on_candidate: Callable[[Candidate], None],
+    def __init__(self, node_id: str, key_id: str, port: int, on_candidate: Callable[[Candidate], object],
                  addresses: list[str] | None = None) -> None:
         self.node_id = node_id
         self.key_id = key_id
