@@ -14,8 +14,9 @@ KEY="$WORK/swarm.key"
 (umask 077 && swarmctl keygen > "$KEY")
 export SWARMD_CACHE_DIR=${SWARMD_CACHE_DIR:-$PWD/.cache/swarmd}
 
-# One node on this machine: no peers to discover, so mDNS stays off (nothing multicast on the LAN).
+# One node on this machine: no peers to discover, so mDNS stays off and the peer port is loopback-only.
 swarmd --socket "$SOCK" --key-file "$KEY" --model smollm2-135m-instruct --log-level INFO --no-mdns \
+  --listen 127.0.0.1:0 \
   > "$WORK/swarmd.log" 2>&1 &
 PID=$!
 cleanup() { kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$WORK"; }
