@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import replace
 
 from .broadcast import BroadcastQueue
+from .claims import outbid, supersedes
 from .probe import Probe, ProbeOrder, Relay
 from .suspicion import Suspicion, expected_confirmations, push_pull_scale, retransmit_limit, suspicion_bounds
 from .swim_config import SwimConfig
@@ -30,7 +31,6 @@ from .swim_messages import (
     MAX_INCARNATION,
     MAX_META_BYTES,
     MAX_VERSION,
-    PRECEDENCE,
     SUSPECT,
     Ack,
     Gossip,
@@ -312,8 +312,7 @@ class Swim:
             return
         before = rec.view()
         accepted = False
-        if u.incarnation > rec.incarnation or (
-                u.incarnation == rec.incarnation and PRECEDENCE[u.state] > PRECEDENCE[rec.state]):
+        if supersedes(u, rec.incarnation, rec.state):
             if u.incarnation > rec.incarnation:
                 rec.addr = u.addr
             rec.incarnation = u.incarnation
@@ -334,26 +333,20 @@ class Swim:
                 out.append(MemberChanged(after, before.state))
 
     def _refute(self, u: MemberUpdate) -> None:
-        """A claim about this node. Stale ones are ignored; one that disagrees with us is outbid: a claim
-        that we are not alive (or alive at a higher incarnation) by raising our incarnation above it, a
-        claim of other meta at our version or above by raising our meta version above it."""
+        """A claim about this node: stale ones are ignored, one that disagrees with us is outbid."""
         me = self._me
         if self.left or u.incarnation < me.incarnation:
             return
         if u.incarnation > me.incarnation + self.config.max_incarnation_jump:
             self.dropped["incarnation_jump"] += 1
             return
-        liveness = u.state != ALIVE or u.incarnation > me.incarnation
-        meta = u.meta_version > me.meta_version or (u.meta_version == me.meta_version and u.meta != me.meta)
-        if not liveness and not meta:
+        bid = outbid(u, me.incarnation, me.meta_version, me.meta)
+        if bid is None:
             return
-        if (liveness and u.incarnation >= MAX_INCARNATION) or (meta and u.meta_version >= MAX_VERSION):
+        if bid[0] > MAX_INCARNATION or bid[1] > MAX_VERSION:
             log.error("%s: cannot refute a claim at the incarnation or meta version cap", self.self_id)
             return
-        if liveness:
-            me.incarnation = u.incarnation + 1
-        if meta:
-            me.meta_version = u.meta_version + 1
+        me.incarnation, me.meta_version = bid
         log.debug("%s: refuting %s claim: incarnation %d, meta version %d", self.self_id, u.state,
                   me.incarnation, me.meta_version)
         self._queue.put(self.self_id, me.update())
