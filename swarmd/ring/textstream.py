@@ -1,4 +1,8 @@
-"""Token ids in, text deltas out: holds back half UTF-8 characters and partial stop strings. Pure."""
+"""Token ids in, text deltas out: holds back half UTF-8 characters and partial stop strings. Pure.
+
+Decoding is incremental: each token decodes only a short window (the ids since the previous commit
+point, with the ids before them as context), so a generation of n tokens costs O(n), not O(n^2).
+"""
 
 from __future__ import annotations
 
@@ -15,25 +19,33 @@ class TextStream:
         self.emitted = 0  # characters already handed out
         self.stopped = False
         self._stop_at = 0
+        # Decode window: ids[_prefix:] is decoded each step; ids[_prefix:_read] decodes to _head,
+        # whose characters are already part of ``text``.
+        self._prefix = 0
+        self._read = 0
+        self._head = ""
 
     def push(self, token_id: int) -> str:
         """Add one token; return the text that is now safe to send (maybe empty)."""
         if self.stopped:
             return ""
         self.ids.append(token_id)
-        text = self._decode(self.ids)
+        window = self._decode(self.ids[self._prefix:])
+        text = self.text + window[len(self._head):]
         if self._check_stop(text):  # before the UTF-8 hold: a stop may end right before a broken char
             return self._take(self._stop_at)
-        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
+        if window.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
             return ""
         self.text = text
+        self._prefix, self._read = self._read, len(self.ids)
+        self._head = self._decode(self.ids[self._prefix:self._read])
         return self._take(len(text) - self._held_suffix(text))
 
     def flush(self) -> str:
         """At the end of generation: release what was held back (a stop-string prefix, a broken character)."""
         if self.stopped or not self.ids:
             return ""
-        text = self._decode(self.ids)
+        text = self.text + self._decode(self.ids[self._prefix:])[len(self._head):]
         if self._check_stop(text):
             return self._take(self._stop_at)
         self.text = text
