@@ -54,11 +54,6 @@ class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
 
 
-class RequestTooLarge(InvalidRequest):
-    status = 413
-    code = "request_too_large"
-
-
 class ModelNotFound(InvalidRequest):
     status = 404
     code = "model_not_found"

@@ -12,7 +12,7 @@ from typing import Any
 from . import __version__
 from .api.app import ApiServer, build_app
 from .config import NodeConfig, parse_hostport
-from .errors import CapacityError, ConfigError, NotReady, SwarmdError
+from .errors import CapacityError, ConfigError, NotReady
 from .ring.entry import RingEntry
 from .ring.generation import Generation
 from .ring.router import Holder, coverage, even_split, plan_chain
@@ -284,5 +284,3 @@ class Node:
             doc["kv_cache"] = {"budget_bytes": b.capacity, "used_bytes": b.used, "sessions": b.sessions}
         return doc
 
-
-__all__ = ["Node", "SwarmdError"]

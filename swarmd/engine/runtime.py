@@ -130,10 +130,6 @@ class Engine:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarmd-engine")
         self._sessions: dict[str, _Session] = {}
 
-    @property
-    def session_count(self) -> int:
-        return len(self._sessions)
-
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self._pool, fn, *args)

@@ -28,10 +28,6 @@ class TextCodec:
         self.eos_ids = frozenset(eos)
         self.vocab_size = int(config.vocab_size)
 
-    @property
-    def has_tokenizer(self) -> bool:
-        return self.tokenizer is not None
-
     def _require(self) -> Any:
         if self.tokenizer is None:
             raise InvalidRequest("this model has no tokenizer: send the prompt as a list of token ids", "prompt")

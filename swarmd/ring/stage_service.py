@@ -34,10 +34,6 @@ class StageSession:
     worker: asyncio.Task[None] | None = None
 
     @property
-    def hop(self) -> Hop:
-        return self.open.chain[self.open.hop]
-
-    @property
     def is_last(self) -> bool:
         return self.open.hop == len(self.open.chain) - 1
 

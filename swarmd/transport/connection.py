@@ -41,11 +41,11 @@ class Connection:
     async def client_handshake(self, keyring: Keyring | None) -> None:
         async with asyncio.timeout(self.cfg.handshake_timeout_s):
             hs = ClientHandshake(keyring)
-            await self._write(hs.hello())
+            await self.send(hs.hello())
             reply = await self._read(frozenset({ServerHello.TAG}))
             assert isinstance(reply, ServerHello)
             auth, keys = hs.on_server_hello(reply)
-            await self._write(auth)
+            await self.send(auth)
         self._established(keys.send, keys.recv)
 
     async def server_handshake(self, keyring: Keyring | None) -> None:
@@ -53,7 +53,7 @@ class Connection:
             hs = ServerHandshake(keyring)
             hello = await self._read(frozenset({ClientHello.TAG}))
             assert isinstance(hello, ClientHello)
-            await self._write(hs.on_client_hello(hello))
+            await self.send(hs.on_client_hello(hello))
             auth = await self._read(frozenset({ClientAuth.TAG}))
             assert isinstance(auth, ClientAuth)
             keys = hs.on_client_auth(auth)
@@ -66,10 +66,6 @@ class Connection:
         self.authenticated = True
 
     # --- frames -----------------------------------------------------------------------------------
-
-    async def _write(self, msg: Message) -> None:
-        self.send_nowait(msg)
-        await self.drain()
 
     def send_nowait(self, msg: Message) -> None:
         """Encode, seal and queue one frame. Synchronous, so frame order equals call order."""
