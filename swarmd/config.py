@@ -27,7 +27,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    # Decoder-layer span held here: "START:END", "auto" (all layers until placement exists) or "none".
+    # Decoder-layer span held here: "START:END" (pinned), "none" (an entry only) or "auto" (placement decides).
     layers: str = "auto"
     # torch device: "cpu", "cuda" or "cuda:N".
     device: str = "cpu"
@@ -35,7 +35,8 @@ class EngineConfig:
     dtype: str | None = None
     # torch intra-op threads; 0 leaves torch's default.
     threads: int = 0
-    # Memory for weights plus KV cache in bytes; None: KV cache gets kv_default_bytes.
+    # Memory for weights plus KV cache in bytes, offered to placement; None: half of the available RAM
+    # (80% of free GPU memory on cuda) for placement, and kv_default_bytes for the KV cache.
     memory_budget: int | None = None
     # KV cache budget when no memory budget is given.
     kv_default_bytes: int = 2 * 1024**3
@@ -43,6 +44,8 @@ class EngineConfig:
     kv_wait_s: float = 0.0
     # Upper bound on one forward step (prefill chunk or decode) before it is reported as failed.
     step_timeout_s: float = 120.0
+    # Seconds of one decoder layer per decode token, as placement sees this node; None: measure at start.
+    seconds_per_layer: float | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,11 @@ class NetConfig:
     # Liveness: a ping this often on every outgoing connection; a connection silent for dead_after_s closes.
     ping_interval_s: float = 2.0
     dead_after_s: float = 8.0
+    # A link pings only while it carried ring traffic within this window; idle links stay open silently
+    # (SWIM gossip, not link pings, decides who is alive), and the listener closes an inbound
+    # connection silent for link_idle_s.
+    keepalive_window_s: float = 30.0
+    link_idle_s: float = 300.0
     # Reconnect backoff bounds for outgoing connections (doubling with jitter).
     reconnect_min_s: float = 0.1
     reconnect_max_s: float = 5.0
@@ -97,6 +105,11 @@ class NetConfig:
     session_idle_s: float = 120.0
     # Prompt positions per prefill chunk sent into the ring (chunks are pipelined across stages).
     prefill_chunk: int = 256
+    # Gossip timings: "lan" (probe every 0.5 s) or "local" (0.1 s; loopback test swarms).
+    gossip: str = "lan"
+    # Placement waits this long after start (to hear its peers) and after the last change of the view
+    # before it loads or drops layers, so a burst of joins causes one rebalance, not several.
+    settle_s: float = 2.0
 
 
 @dataclass(frozen=True)

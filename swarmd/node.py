@@ -1,4 +1,5 @@
-"""The composition root: builds engine, stage service, ring entry, mesh and API; owns their lifetimes."""
+"""The composition root: builds engine stages, ring entry, mesh, membership, placement and API; owns
+their lifetimes and their one shutdown path."""
 
 from __future__ import annotations
 
@@ -13,43 +14,68 @@ from . import __version__
 from .api.app import ApiServer, build_app
 from .config import NodeConfig, parse_hostport
 from .errors import CapacityError, ConfigError, NotReady
+from .membership.placement import PlacementConfig, Plan, place
+from .membership.rebalance import Action, capacity_of, model_shape, next_action
+from .membership.service import Membership
+from .membership.swim import MemberChanged, Swim
+from .membership.swim_config import SwimConfig
+from .membership.view import SwarmView
 from .ring.entry import RingEntry
 from .ring.generation import Generation
-from .ring.router import Holder, coverage, even_split, plan_chain
-from .ring.stage_service import StageService
+from .ring.router import Holder, plan_chain
+from .ring.stage_host import Span, StageHost
 from .sdnotify import Notifier
 from .transport.mesh import Mesh
 from .types import GenerationRequest, LayerSpan, NodeState
+from .wire.codec import encode_meta
 from .wire.crypto import Keyring
-from .wire.messages import Forward, Hello, Hop, Message, SessionClose, SessionError, SessionOpen
+from .wire.messages import (
+    PROTOCOL_VERSION,
+    SWIM_TAGS,
+    Forward,
+    Hello,
+    Hop,
+    Message,
+    NodeMeta,
+    SessionClose,
+    SessionOpen,
+    SpanState,
+)
 
 log = logging.getLogger(__name__)
 
-STAGE_MESSAGES = (SessionOpen, Forward, SessionClose)
+# KV positions per layer that placement keeps free next to the weights (one long session).
+KV_RESERVE_TOKENS = 2048
+# How often load (sessions, queue) is re-published when it changed.
+LOAD_PUBLISH_S = 2.0
 
 
 def default_node_id() -> str:
     return f"{socket.gethostname()[:40]}-{secrets.token_hex(3)}"
 
 
-def resolve_span(layers: str, num_layers: int, listen: str, peers: tuple[str, ...]) -> LayerSpan | None:
-    """``START:END``, ``none``, or ``auto``: every layer alone, an even share among static peers."""
-    if layers == "none":
-        return None
-    if layers != "auto":
-        from .engine.runtime import parse_span
+def routable_host() -> str:
+    """The address peers can reach this host at when it listens on every interface: the source address of
+    the default route (a UDP connect sends nothing), else loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("224.0.0.251", 5353))
+            host = s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+    return host if host != "0.0.0.0" else "127.0.0.1"
 
-        return parse_span(layers, num_layers)
-    if not peers:
-        return LayerSpan(0, num_layers, num_layers)
-    host, port = parse_hostport(listen)
-    if port == 0:
-        raise ConfigError("--layers auto with --peer needs a fixed --listen port (or give --layers START:END)")
-    members = sorted({listen, *peers})
-    if len(members) > num_layers:
-        raise ConfigError(f"{len(members)} nodes cannot share {num_layers} layers evenly; give --layers START:END")
-    start, end = even_split(num_layers, len(members), members.index(listen))
-    return LayerSpan(start, end, num_layers)
+
+def pinned_span(layers: str, num_layers: int) -> tuple[bool, LayerSpan | None]:
+    """``(pinned, span)`` for ``--layers``: ``auto`` lets placement decide (not pinned, nothing yet);
+    ``none`` and ``START:END`` are fixed by configuration."""
+    if layers == "auto":
+        return False, None
+    if layers == "none":
+        return True, None
+    from .engine.runtime import parse_span
+
+    return True, parse_span(layers, num_layers)
 
 
 class Node:
@@ -58,6 +84,8 @@ class Node:
     def __init__(self, cfg: NodeConfig, keyring: Keyring | None = None, notifier: Notifier | None = None) -> None:
         if keyring is None and not cfg.net.insecure:
             raise ConfigError("a swarm key is required (or run with --insecure)")
+        if cfg.net.gossip not in ("lan", "local"):
+            raise ConfigError(f"unknown gossip profile {cfg.net.gossip!r}")
         self.cfg = cfg
         self.keyring = keyring
         self.node_id = cfg.node_id or default_node_id()
@@ -66,12 +94,21 @@ class Node:
         self.accepting = True
         self.model_name = cfg.model.source
         self.loaded: Any = None  # engine.runtime.LoadedModel
-        self.engine: Any = None  # engine.runtime.Engine when this node holds layers
-        self.span: LayerSpan | None = None
+        self.profile: Any = None  # engine.profile.ModelProfile
+        self.pinned = cfg.engine.layers != "auto"
+        self.memory_budget = cfg.engine.memory_budget
         self._codec: Any = None
-        self.stage_service: StageService | None = None
-        self.mesh = Mesh(cfg.net, keyring, self.node_id, self._hello, self._dispatch, self._peer_lost)
+        self.mesh = Mesh(cfg.net, keyring, self.node_id, self._hello, self._dispatch, self._peer_lost, self._resolve)
+        self.host = StageHost(self.node_id, self.mesh.send, cfg.net.session_idle_s, self._spawn)
         self.entry = RingEntry(Hop(self.node_id, "", 0, 0), self.mesh.send, self.plan)
+        self.view = SwarmView(self.node_id)
+        self.membership: Membership | None = None
+        self.swim_addr = ""
+        self.last_plan: Plan | None = None
+        self._view_changed: asyncio.Event | None = None
+        self._last_view_change = 0.0
+        self._draining_since: dict[Span, float] = {}
+        self._published_load: tuple[int, int] = (0, 0)
         self._active = 0
         self._started = time.monotonic()
         self._load_progress = "starting"
@@ -84,70 +121,91 @@ class Node:
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def run(self, stop_event: asyncio.Event) -> None:
+        self._view_changed = asyncio.Event()
         await self.api.start()
         try:
-            load = asyncio.create_task(self._load(), name="swarmd-load")
+            start = asyncio.create_task(self._start(), name="swarmd-start")
             stopper = asyncio.create_task(stop_event.wait(), name="swarmd-stop-wait")
-            done, _ = await asyncio.wait({load, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if load in done:
-                load.result()  # raise a load error
-                await self.mesh.start()
-                self.entry.self_hop = Hop(self.node_id, self.mesh.advertised, 0, 0)
-                await self._start_discovery()
+            done, _ = await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if start in done:
+                start.result()  # raise a load error
                 self.state = NodeState.SERVING
+                self._publish()
                 self.notifier.ready(f"serving {self.model_name}")
                 log.info("node %s serving %s; api %s, peers on %s", self.node_id, self.model_name,
-                         self.cfg.api.socket, self.mesh.advertised)
+                         self.cfg.api.socket, self.swim_addr)
+                if not self.pinned:
+                    self._own(self._placement_loop(), "placement")
+                self._own(self._load_reporter(), "load-reporter")
                 await stopper
             else:
-                log.info("stop requested while loading")
-                load.cancel()
-                await asyncio.gather(load, return_exceptions=True)
+                log.info("stop requested while starting")
+                start.cancel()
+                await asyncio.gather(start, return_exceptions=True)
             stopper.cancel()
         finally:
             await self.shutdown()
 
-    async def _load(self) -> None:
-        from .engine.runtime import Engine, load_meta, load_stage
+    async def _start(self) -> None:
+        """Load the model's metadata, measure this node, join the swarm, and take the first layers."""
+        from .engine.profile import default_memory_budget, profile_model
+        from .engine.runtime import load_meta
         from .engine.text import TextCodec
-
-        def progress(what: str, done: int, total: int) -> None:
-            text = f"{what} {done}/{total}" if total > 1 else what
-            if text != self._load_progress:
-                self._load_progress = text
-                if total <= 1 or done == total or done % max(1, total // 4) == 0:
-                    log.info("%s", text)
-                    self.notifier.status(text)
 
         self.notifier.status(f"loading {self.model_name}")
         loaded = await asyncio.to_thread(load_meta, self.cfg.model, self.cfg.engine)
         self.model_name = loaded.source.name
         self._codec = TextCodec(loaded.tokenizer, loaded.config)
-        self.span = resolve_span(self.cfg.engine.layers, loaded.num_layers, self.cfg.net.listen, self.cfg.net.peers)
-        if self.span is not None:
-            loaded.stage = await asyncio.to_thread(load_stage, loaded, self.cfg.model, self.cfg.engine, self.span,
-                                                   progress)
-            weights = loaded.stage.parameter_bytes()
-            budget = self.cfg.engine.memory_budget
-            kv_bytes = self.cfg.engine.kv_default_bytes if budget is None else budget - weights
-            if kv_bytes <= 0:
-                raise ConfigError(f"memory budget {budget} bytes does not even hold the weights ({weights} bytes)")
-            self.engine = Engine(loaded.stage, self.cfg.engine, kv_bytes)
-            self.stage_service = StageService(self.engine, self.node_id, self.mesh.send, self.cfg.net.session_idle_s)
-            self.stage_service.start()
+        self.view = SwarmView(self.node_id, self.model_name, loaded.num_layers)
+        _, span = pinned_span(self.cfg.engine.layers, loaded.num_layers)
         self.loaded = loaded
+        self._load_progress = "calibrating"
+        self.profile = await asyncio.to_thread(profile_model, loaded.config, self.cfg.engine)
+        if self.memory_budget is None:
+            self.memory_budget = await asyncio.to_thread(default_memory_budget, self.cfg.engine.device)
+        if span is not None:
+            await self._load_span((span.start, span.end))
+        await self._join()
+        if not self.pinned:
+            await self._first_placement()
         self._load_progress = "loaded"
 
+    async def _join(self) -> None:
+        await self.mesh.start()
+        host, port = parse_hostport(self.mesh.advertised)
+        if host in ("0.0.0.0", "", "::"):
+            host = routable_host()
+        self.swim_addr = f"{host}:{port}"
+        self.entry.self_hop = Hop(self.node_id, self.swim_addr, 0, 0)
+        swim_cfg = SwimConfig.local() if self.cfg.net.gossip == "local" else SwimConfig.lan()
+        swim = Swim(self.node_id, self.swim_addr, swim_cfg, meta=encode_meta(self._meta()))
+        self.membership = Membership(swim, self.mesh.post, self._on_member)
+        self.membership.start(self.cfg.net.peers)
+        await self._start_discovery()
+
+    async def _first_placement(self) -> None:
+        """Give discovery and gossip ``settle_s`` to show the swarm (none when this node knows no way to
+        find peers), then take this node's part of the plan before declaring itself ready."""
+        if self.cfg.net.peers or self.discovery is not None:
+            self._load_progress = "joining"
+            await asyncio.sleep(self.cfg.net.settle_s)
+        for _ in range(4):  # load the target; an old span cannot exist yet, so this ends quickly
+            if not await self._rebalance_step():
+                break
+
     async def _start_discovery(self) -> None:
-        """mDNS proposes peers of the same swarm (by key id); the mesh connects and the handshake decides."""
+        """mDNS proposes peers of the same swarm (by key id); gossip and the handshake decide."""
         if not self.cfg.net.mdns:
             return
         from .discovery.mdns import MdnsDiscovery
 
-        host, port = parse_hostport(self.mesh.advertised)
+        host, port = parse_hostport(self.swim_addr)
         key_id = self.keyring.public_id if self.keyring is not None else "insecure"
-        addresses = None if host in ("0.0.0.0", "") else [host]
-        self.discovery = MdnsDiscovery(self.node_id, key_id, port, lambda c: self.mesh.link(c.addr), addresses)
+        listen_host = parse_hostport(self.mesh.advertised)[0]
+        addresses = None if listen_host in ("0.0.0.0", "") else [host]
+        membership = self.membership
+        assert membership is not None
+        self.discovery = MdnsDiscovery(self.node_id, key_id, port, lambda c: membership.contact(c.addr), addresses)
         try:
             await self.discovery.start()
         except OSError as exc:  # no multicast-capable interface: static peers still work
@@ -155,45 +213,203 @@ class Node:
             self.discovery = None
 
     async def shutdown(self) -> None:
-        """Stop accepting, let in-flight sessions finish up to the drain timeout, then close everything."""
+        """Tell the swarm this node drains, let in-flight sessions finish up to the drain timeout, leave, close."""
         if self._stopped:
             return
         self._stopped = True
         self.accepting = False
         self.state = NodeState.DRAINING
         self.notifier.stopping()
+        self._publish()
         log.info("shutting down: draining %d session(s) for up to %.0fs", self._active, self.cfg.drain_timeout_s)
         await self.api.stop()
-        if self.stage_service is not None:
-            await self.stage_service.stop()
-        if self.discovery is not None:
-            await self.discovery.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.membership is not None:
+            await self.membership.stop(leave=True)
+        if self.discovery is not None:
+            await self.discovery.stop()
+        await self.host.stop()
         await self.mesh.stop()
-        if self.engine is not None:
-            await self.engine.close()
         log.info("stopped")
+
+    # --- layers: loading, placement, make-before-break ----------------------------------------------
+
+    async def _load_span(self, span: Span) -> None:
+        from .engine.runtime import Engine, load_stage
+
+        def progress(what: str, done: int, total: int) -> None:
+            text = f"{what} {done}/{total}" if total > 1 else what
+            if text != self._load_progress:
+                self._load_progress = text
+                if total <= 1 or done == total or done % max(1, total // 4) == 0:
+                    self.notifier.status(text)
+
+        self.host.loading(span)
+        self._publish()
+        try:
+            layer_span = LayerSpan(span[0], span[1], self.loaded.num_layers)
+            stage = await asyncio.to_thread(load_stage, self.loaded, self.cfg.model, self.cfg.engine, layer_span,
+                                            progress)
+            weights = stage.parameter_bytes()
+            budget = self.cfg.engine.memory_budget
+            kv_bytes = self.cfg.engine.kv_default_bytes if budget is None else budget - weights
+            if kv_bytes <= 0:
+                raise ConfigError(f"memory budget {budget} bytes does not even hold the weights ({weights} bytes)")
+        except BaseException:
+            self.host.slots.pop(span, None)
+            self._publish()
+            raise
+        self.loaded.stage = stage
+        self.host.serve(span, Engine(stage, self.cfg.engine, kv_bytes))
+        self._publish()
+
+    def _plan(self) -> Plan | None:
+        """The swarm-wide placement from this node's view (the same on every node with the same view)."""
+        p = self.profile
+        if p is None or self.loaded is None:
+            return None
+        shape = model_shape(self.loaded.num_layers, p.params_per_layer, p.embed_params, p.head_params,
+                            p.kv_per_token_layer, min(KV_RESERVE_TOKENS, self.max_context))
+        nodes = [capacity_of(self.node_id, self._meta())]
+        nodes += [capacity_of(peer.node_id, peer.meta) for peer in self.view.live() if peer.meta is not None]
+        try:
+            return place([n for n in nodes if n is not None], shape, PlacementConfig())
+        except ValueError as exc:  # e.g. two members with one id: wait for gossip to settle it
+            log.warning("placement skipped: %s", exc)
+            return None
+
+    async def _rebalance_step(self) -> bool:
+        """Take one step towards this node's part of the plan; True when something was done."""
+        plan = self._plan()
+        if plan is None or self.node_id not in plan.spans:
+            return False
+        self.last_plan = plan
+        target = plan.spans[self.node_id] if self.accepting else None
+        slots = {span: slot.state for span, slot in self.host.slots.items()}
+        now = time.monotonic()
+
+        def drained(span: Span) -> bool:
+            return self.host.sessions(span) == 0 or now - self._draining_since.get(span, now) > \
+                self.cfg.drain_timeout_s
+
+        action = next_action(target, slots, self._covered_without, drained)
+        if action is None:
+            return False
+        await self._act(action)
+        return True
+
+    async def _act(self, action: Action) -> None:
+        span = action.span
+        log.info("placement: %s layers [%d, %d)", action.kind, *span)
+        if action.kind == "load":
+            await self._load_span(span)
+        elif action.kind == "serve":
+            self.host.slots[span].state = "serving"
+            self._draining_since.pop(span, None)
+        elif action.kind == "drain":
+            self.host.drain(span)
+            self._draining_since[span] = time.monotonic()
+        elif action.kind == "drop":
+            self._draining_since.pop(span, None)
+            await self.host.drop(span)
+        self._publish()
+
+    def _covered_without(self, span: Span) -> bool:
+        holders = [h for h in self.holders() if not (h.node_id == self.node_id and (h.start, h.end) == span)]
+        return plan_chain(holders, self.loaded.num_layers) is not None
+
+    async def _placement_loop(self) -> None:
+        """Re-plan when the view changes (after it settled) and every second while a move is under way."""
+        assert self._view_changed is not None
+        while True:
+            try:
+                async with asyncio.timeout(1.0):
+                    await self._view_changed.wait()
+            except TimeoutError:
+                pass
+            self._view_changed.clear()
+            quiet = time.monotonic() - self._last_view_change
+            if quiet < self.cfg.net.settle_s:
+                await asyncio.sleep(self.cfg.net.settle_s - quiet)
+                continue
+            try:
+                while await self._rebalance_step():
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a failed load is retried at the next round
+                log.exception("placement step failed")
+                await asyncio.sleep(self.cfg.net.settle_s)
+
+    # --- membership ------------------------------------------------------------------------------------
+
+    def _meta(self) -> NodeMeta:
+        p = self.profile
+        spans = tuple(SpanState(s.span[0], s.span[1], s.state) for s in self.host.slots.values())
+        health = self.state.value if self.accepting else "draining"
+        return NodeMeta(
+            __version__, PROTOCOL_VERSION, self.model_name, self.loaded.num_layers if self.loaded else 0,
+            self.cfg.engine.device, int(self.memory_budget or 0), p.dtype_bytes if p else 0,
+            float(p.seconds_per_layer) if p else 0.0, spans, self.host.session_count, self.host.queue_depth,
+            health, self.pinned,
+        )
+
+    def _publish(self) -> None:
+        if self.membership is not None:
+            self._published_load = (self.host.session_count, self.host.queue_depth)
+            self.membership.set_meta(encode_meta(self._meta()))
+
+    async def _load_reporter(self) -> None:
+        while True:
+            await asyncio.sleep(LOAD_PUBLISH_S)
+            if (self.host.session_count, self.host.queue_depth) != self._published_load:
+                self._publish()
+
+    def _on_member(self, change: MemberChanged) -> None:
+        if not self.view.apply(change):
+            return
+        m = change.member
+        if change.removed or m.state in ("dead", "left"):
+            self.entry.peer_lost(m.node_id)
+            self._spawn(self.mesh.forget(m.addr))
+        if change.previous is None and m.state == "alive":
+            log.info("member %s joined at %s", m.node_id, m.addr)
+        elif change.previous != m.state:
+            log.info("member %s is %s", m.node_id, "removed" if change.removed else m.state)
+        self._last_view_change = time.monotonic()
+        if self._view_changed is not None:
+            self._view_changed.set()
+
+    def _resolve(self, node_id: str) -> str | None:
+        peer = self.view.peers.get(node_id)
+        return peer.addr if peer is not None and peer.live else None
 
     # --- the ring --------------------------------------------------------------------------------
 
     def _hello(self, advertised: str) -> Hello:
         cfg = self.loaded.config if self.loaded is not None else None
-        span = self.span
+        slot = self.host.primary()
+        span = slot.span if slot is not None else (-1, -1)
         return Hello(
-            self.node_id, advertised, __version__, self.model_name,
+            self.node_id, self.swim_addr or advertised, __version__, self.model_name,
             int(cfg.num_hidden_layers) if cfg is not None else 0, int(cfg.hidden_size) if cfg is not None else 0,
-            span.start if span else -1, span.end if span else -1, self.cfg.engine.device,
+            span[0], span[1], self.cfg.engine.device,
         )
 
     def holders(self) -> list[Holder]:
-        out = [Holder(self.node_id, self.mesh.advertised, self.span.start, self.span.end)] \
-            if self.span is not None and self.engine is not None else []
-        for info in self.mesh.table.alive():
-            link = self.mesh.links.get(info.addr)
-            if info.span is not None and link is not None and link.up:
-                out.append(Holder(info.node_id, info.addr, *info.span))
+        """Every serving span of a live member (this node included), with what routing needs to cost it."""
+        spl = float(self.profile.seconds_per_layer) if self.profile is not None else 0.0
+        out = [Holder(self.node_id, self.swim_addr, start, end, spl, 0.0, self.host.queue_depth)
+               for start, end in self.host.serving()]
+        rtt = self.membership.rtt_s if self.membership is not None else {}
+        for peer in self.view.live():
+            meta = peer.meta
+            for start, end in peer.serving_spans():
+                assert meta is not None
+                out.append(Holder(peer.node_id, peer.addr, start, end, meta.seconds_per_layer,
+                                  rtt.get(peer.node_id, 0.0) / 2, meta.queue, peer.state == "suspect"))
         return out
 
     def plan(self) -> list[Hop] | None:
@@ -202,12 +418,11 @@ class Node:
         return plan_chain(self.holders(), self.loaded.num_layers, prefer=self.node_id)
 
     def _dispatch(self, msg: Message, sender: str) -> None:
-        if isinstance(msg, STAGE_MESSAGES):
-            if self.stage_service is not None:
-                self.stage_service.handle(msg, sender)
-            elif isinstance(msg, SessionOpen):
-                reply = SessionError(msg.session_id, self.node_id, "not_ready", "this node holds no layers", 1.0)
-                self._spawn(self.mesh.send(msg.entry, reply))
+        if msg.TAG in SWIM_TAGS:
+            if self.membership is not None:
+                self.membership.receive(msg, sender)
+        elif isinstance(msg, (SessionOpen, Forward, SessionClose)):  # stage work
+            self.host.handle(msg, sender)
         else:
             self.entry.handle(msg, sender)
 
@@ -219,9 +434,14 @@ class Node:
         def done(t: asyncio.Task[Any]) -> None:
             self._tasks.discard(t)
             if not t.cancelled() and t.exception() is not None:
-                log.debug("background send failed: %s", t.exception())
+                log.debug("background task failed: %s", t.exception())
 
         task.add_done_callback(done)
+
+    def _own(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=f"swarmd-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _peer_lost(self, node_id: str) -> None:
         self.entry.peer_lost(node_id)
@@ -231,6 +451,17 @@ class Node:
     @property
     def codec(self) -> Any:
         return self._codec
+
+    @property
+    def engine(self) -> Any:
+        """The engine of this node's newest serving span (None when it serves none)."""
+        slot = self.host.primary()
+        return slot.engine if slot is not None else None
+
+    @property
+    def span(self) -> LayerSpan | None:
+        slot = self.host.primary()
+        return LayerSpan(slot.span[0], slot.span[1], self.loaded.num_layers) if slot is not None else None
 
     @property
     def max_context(self) -> int:
@@ -255,32 +486,6 @@ class Node:
         self._active -= 1
 
     def status_document(self) -> dict[str, Any]:
-        chain = self.plan() if self.loaded is not None else None
-        state = self.state
-        if state == NodeState.SERVING and chain is None:
-            state = NodeState.DEGRADED
-        doc: dict[str, Any] = {
-            "node_id": self.node_id,
-            "state": state.value,
-            "listen": self.mesh.advertised or None,
-            "version": __version__,
-            "model": {"name": self.model_name,
-                      "num_layers": self.loaded.num_layers if self.loaded is not None else None},
-            "layers": self.span.as_list() if self.span is not None else None,
-            "peers": self.mesh.peers_status(),
-            "coverage": coverage(self.holders()),
-            "ring": [h.node_id for h in chain] if chain else [],
-            "device": self.cfg.engine.device,
-            "secure": self.keyring is not None,
-            "key_id": self.keyring.public_id if self.keyring is not None else None,
-            "sessions": {"active": self._active, "limit": self.cfg.api.max_sessions,
-                         "as_stage": len(self.stage_service.sessions) if self.stage_service else 0},
-            "uptime_s": round(time.monotonic() - self._started, 1),
-            "loading": self._load_progress if self.state == NodeState.STARTING else None,
-            "rejected_connections": dict(self.mesh.server.rejected),
-        }
-        if self.engine is not None:
-            b = self.engine.budget
-            doc["kv_cache"] = {"budget_bytes": b.capacity, "used_bytes": b.used, "sessions": b.sessions}
-        return doc
+        from .status import status_document
 
+        return status_document(self)

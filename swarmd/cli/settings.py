@@ -55,6 +55,12 @@ def _dtype(text: str) -> str:
     return text
 
 
+def _gossip(text: str) -> str:
+    if text not in ("lan", "local"):
+        raise ConfigError(f"unknown gossip profile {text!r}; choose lan or local")
+    return text
+
+
 @dataclass(frozen=True)
 class Option:
     flag: str  # "--memory-budget"
@@ -100,6 +106,10 @@ OPTIONS: tuple[Option, ...] = (
            kind="list"),
     Option("--prefill-chunk", "net", "prefill_chunk", int, "prompt positions per pipelined prefill chunk"),
     Option("--session-idle", "net", "session_idle_s", float, "seconds before an idle stage session is freed"),
+    Option("--gossip", "net", "gossip", _gossip, "gossip timings: lan (default) or local (loopback swarms)"),
+    Option("--settle", "net", "settle_s", float, "seconds placement waits for the view to settle"),
+    Option("--seconds-per-layer", "engine", "seconds_per_layer", float,
+           "this node's speed for placement (default: measured at start)"),
     Option("--node-id", "", "node_id", str, "this node's id (default: hostname + random suffix)"),
     Option("--log-level", "", "log_level", _level, "DEBUG, INFO, WARNING or ERROR"),
     Option("--drain-timeout", "", "drain_timeout_s", float, "seconds in-flight sessions get on shutdown"),

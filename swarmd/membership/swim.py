@@ -104,6 +104,13 @@ class Swim:
         self._next_join = now + self.config.join_retry_interval
         return [Send(a, self._push_pull_msg(join=True, reply=True)) for a in self._seeds]
 
+    def contact(self, addr: str, now: float) -> list[Effect]:
+        """Swap full state with a candidate address (from discovery) unless a live member is there already."""
+        known = any(r.addr == addr and r.state in LIVE for r in self._members.values())
+        if self.left or addr == self.self_addr or known:
+            return []
+        return [Send(addr, self._push_pull_msg(join=True, reply=True))]
+
     def set_meta(self, meta: bytes, now: float) -> None:
         """Publish new metadata: raise our meta version and gossip it."""
         if len(meta) > MAX_META_BYTES:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 from ..config import NetConfig
 from ..errors import AuthError, ProtocolError
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_FRAME_CAP = 512
 AFTER_HANDSHAKE = frozenset(codec.SCHEMAS) - HANDSHAKE_TAGS
+# Bytes this process wrote to and read from peer connections (frames with headers, handshakes included).
+WIRE_BYTES: dict[str, int] = {"out": 0, "in": 0}
 
 
 class Connection:
@@ -67,17 +70,23 @@ class Connection:
 
     # --- frames -----------------------------------------------------------------------------------
 
-    def send_nowait(self, msg: Message) -> None:
-        """Encode, seal and queue one frame. Synchronous, so frame order equals call order."""
+    def send_nowait(self, msg: Message) -> int:
+        """Encode, seal and queue one frame; returns its size. Synchronous, so frame order equals call order."""
         if self.writer.is_closing():
             raise ConnectionResetError(f"connection to {self.peer} is closed")
-        self.writer.write(frame(self._send.seal(codec.encode(msg))))
+        data = frame(self._send.seal(codec.encode(msg)))
+        self.writer.write(data)
+        WIRE_BYTES["out"] += len(data)
+        return len(data)
 
-    def send_many_nowait(self, msgs: list[Message]) -> None:
+    def send_many_nowait(self, msgs: list[Message]) -> int:
         """Several frames in one write (one syscall and one wake-up of the peer instead of several)."""
         if self.writer.is_closing():
             raise ConnectionResetError(f"connection to {self.peer} is closed")
-        self.writer.write(b"".join(frame(self._send.seal(codec.encode(m))) for m in msgs))
+        data = b"".join(frame(self._send.seal(codec.encode(m))) for m in msgs)
+        self.writer.write(data)
+        WIRE_BYTES["out"] += len(data)
+        return len(data)
 
     async def drain(self) -> None:
         if self.writer.transport.get_write_buffer_size() == 0:
@@ -94,17 +103,21 @@ class Connection:
         n = check_length(header, self._cap)
         async with asyncio.timeout(self.cfg.io_timeout_s):
             data = await self.reader.readexactly(n)
+        WIRE_BYTES["in"] += HEADER_SIZE + n
         return codec.decode(self._recv.open(data), allowed)
 
-    async def recv(self) -> Message:
-        """The next message; raises on EOF, timeouts (silence longer than ``dead_after_s``) and bad frames."""
+    async def recv(self, max_silence_s: float | None = None) -> Message:
+        """The next message; raises on EOF, bad frames and silence longer than ``max_silence_s``
+        (default ``dead_after_s``; ``math.inf``: wait forever, the caller checks liveness another way)."""
         if not self.authenticated:
             raise AuthError("recv before the handshake", "handshake")
-        async with asyncio.timeout(self.cfg.dead_after_s):
+        limit = self.cfg.dead_after_s if max_silence_s is None else max_silence_s
+        async with asyncio.timeout(None if math.isinf(limit) else limit):
             header = await self.reader.readexactly(HEADER_SIZE)
         n = check_length(header, self._cap)
         async with asyncio.timeout(self.cfg.io_timeout_s):
             data = await self.reader.readexactly(n)
+        WIRE_BYTES["in"] += HEADER_SIZE + n
         return codec.decode(self._recv.open(data), AFTER_HANDSHAKE)
 
     def close(self) -> None:

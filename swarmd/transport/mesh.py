@@ -28,13 +28,15 @@ MAX_NODE_ID = 128
 
 class Mesh:
     def __init__(self, cfg: NetConfig, keyring: Keyring | None, node_id: str, make_hello: Callable[[str], Hello],
-                 dispatch: Dispatch, on_peer_lost: Callable[[str], None]) -> None:
+                 dispatch: Dispatch, on_peer_lost: Callable[[str], None],
+                 resolve: Callable[[str], str | None] = lambda node_id: None) -> None:
         self.cfg = cfg
         self.keyring = keyring
         self.node_id = node_id
         self._make_hello = make_hello
         self.dispatch = dispatch
         self.on_peer_lost = on_peer_lost
+        self.resolve = resolve  # node id -> address membership knows for it (None: unknown)
         self.table = PeerTable(node_id)
         self.links: dict[str, PeerLink] = {}
         self.server = PeerServer(cfg, keyring, self._serve)
@@ -48,9 +50,6 @@ class Mesh:
         assert self.server.address is not None
         host, port = self.server.address
         self.advertised = f"{host}:{port}"
-        for addr in self.cfg.peers:
-            if addr not in (self.advertised, self.cfg.listen):
-                self.link(addr)
 
     async def stop(self) -> None:
         await asyncio.gather(*(link.stop() for link in self.links.values()), return_exceptions=True)
@@ -69,16 +68,28 @@ class Mesh:
             link.start()
         return link
 
+    def post(self, addr: str, msg: Message) -> None:
+        """Best-effort gossip to an address (queued briefly while its link connects); never raises."""
+        if addr in (self.advertised, self.cfg.listen):
+            return
+        self.link(addr).post(msg)
+
+    async def forget(self, addr: str) -> None:
+        """Close and remove the link to an address (its member is dead or left); seeds are kept."""
+        if addr in self.cfg.peers:
+            return
+        link = self.links.pop(addr, None)
+        if link is not None:
+            await link.stop()
+
     async def send(self, hop: Hop, *msgs: Message) -> None:
         """Deliver messages to a hop, in order, in one write when it is remote."""
         if hop.node_id == self.node_id:
             for msg in msgs:
                 self.dispatch(msg, self.node_id)
             return
-        # The address this node learned for that node id (its Hello, with a wildcard listen address
-        # replaced by the source address of its connection) beats the one written into the hop.
-        info = self.table.peers.get(hop.node_id)
-        link = self.link(info.addr if info is not None and info.state == "alive" else hop.addr)
+        # The address membership knows for that node id (it may have moved) beats the one in the hop.
+        link = self.link(self.resolve(hop.node_id) or hop.addr)
         if not link.up and not await link.wait_up(self.cfg.connect_timeout_s):
             raise PeerUnavailable(f"no connection to {hop.node_id} at {link.addr} ({link.last_error or link.state})")
         if link.node_id != hop.node_id:
@@ -140,7 +151,7 @@ class Mesh:
             self.table.saw(addr, first, time.monotonic())  # refreshed by our own link's Hello exchange
         self.link(addr)  # a way back to this peer
         while True:
-            msg = await conn.recv()
+            msg = await conn.recv(self.cfg.link_idle_s)  # idle links are silent; SWIM judges liveness
             if isinstance(msg, Ping):
                 conn.send_nowait(Pong(msg.nonce))
             elif isinstance(msg, (Hello, Pong)):

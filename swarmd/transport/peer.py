@@ -3,12 +3,19 @@
 Messages on a link flow one way (this node -> the peer); the peer answers only Hello (once) and Pong.
 The link's task owns the connection: it connects, handshakes, exchanges Hello, pings, and on any error
 closes and retries after a jittered, doubling backoff.
+
+Two kinds of traffic: ring messages (``send``) need the link up and keep it pinged for
+``keepalive_window_s``, so a dead hop is noticed within ``dead_after_s``; gossip (``post``) is best
+effort, waits in a small queue while the link connects, and does not keep the link pinged (SWIM judges
+liveness itself, so an idle full mesh costs no keepalive traffic).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -21,6 +28,8 @@ from .connection import Connection, describe_error
 
 log = logging.getLogger(__name__)
 
+PENDING_LIMIT = 32  # gossip messages queued while a link connects; the oldest is dropped beyond
+PENDING_MAX_AGE_S = 2.0  # queued gossip older than this is stale when the link comes up: dropped
 HelloCallback = Callable[[str, Hello], bool | None]  # (addr, hello) -> accept; None: it is us, stop the link
 
 
@@ -45,9 +54,12 @@ class PeerLink:
         self._up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._pings: dict[int, float] = {}
+        self._last_use = -math.inf  # when ring traffic last went out (keeps the link pinged)
+        self._pending: collections.deque[tuple[float, Message]] = collections.deque(maxlen=PENDING_LIMIT)
+        self.sent_bytes = 0  # encoded bytes handed to this link's connections (frames, before sealing)
 
     def start(self) -> None:
-        if self._task is None:
+        if self._task is None and self.state != "self":
             self._task = asyncio.create_task(self._run(), name=f"peer-link {self.addr}")
 
     async def stop(self) -> None:
@@ -71,16 +83,32 @@ class PeerLink:
         except TimeoutError:
             return False
 
+    def post(self, msg: Message) -> bool:
+        """Best-effort gossip: write now if up, else queue it for when the link comes up (bounded)."""
+        self.start()
+        if self.up:
+            try:
+                self._write(msg)
+                return True
+            except PeerUnavailable:
+                return False
+        self._pending.append((time.monotonic(), msg))
+        return False
+
     def send_nowait(self, *msgs: Message) -> None:
-        """Queue messages on the live connection (one write); raises PeerUnavailable when there is none."""
+        """Queue ring messages on the live connection (one write); raises PeerUnavailable when there is none."""
+        self._last_use = time.monotonic()
+        self._write(*msgs)
+
+    def _write(self, *msgs: Message) -> None:
         conn = self.conn
         if conn is None or self.state != "up":
             raise PeerUnavailable(f"no connection to {self.addr} ({self.last_error or self.state})")
         try:
             if len(msgs) == 1:
-                conn.send_nowait(msgs[0])
+                self.sent_bytes += conn.send_nowait(msgs[0])
             else:
-                conn.send_many_nowait(list(msgs))
+                self.sent_bytes += conn.send_many_nowait(list(msgs))
         except (OSError, RuntimeError) as exc:
             raise PeerUnavailable(f"send to {self.addr} failed: {exc}") from exc
 
@@ -146,11 +174,16 @@ class PeerLink:
         self.state = "up"
         self.last_error = ""
         self._up.set()
+        fresh = time.monotonic() - PENDING_MAX_AGE_S
+        while self._pending:
+            at, msg = self._pending.popleft()
+            if at >= fresh:
+                self._write(msg)
         pinger = asyncio.create_task(self._ping(conn), name=f"ping {self.addr}")
         pinger.add_done_callback(lambda t: conn.close() if not t.cancelled() and t.exception() else None)
         try:
             while True:  # the peer only ever answers Pong on this connection
-                msg = await conn.recv()
+                msg = await conn.recv(math.inf)  # liveness is the pinger's job (unanswered pings)
                 if isinstance(msg, Pong):
                     sent = self._pings.pop(msg.nonce, None)
                     if sent is not None:
@@ -162,12 +195,20 @@ class PeerLink:
             await asyncio.gather(pinger, return_exceptions=True)
 
     async def _ping(self, conn: Connection) -> None:
+        """While ring traffic used the link recently, ping it; a ping unanswered for ``dead_after_s``
+        closes it. An idle link sends nothing."""
         self._pings.clear()
         nonce = 0
         while True:
-            nonce += 1
-            self._pings[nonce] = time.monotonic()
-            if len(self._pings) > 16:
-                self._pings.pop(min(self._pings))
-            await conn.send(Ping(nonce))
+            now = time.monotonic()
+            if self._pings and now - min(self._pings.values()) > self.cfg.dead_after_s:
+                raise TimeoutError(f"no pong from {self.addr} for {self.cfg.dead_after_s}s")
+            if now - self._last_use <= self.cfg.keepalive_window_s or self.rtt_s is None:
+                nonce += 1
+                self._pings[nonce] = now
+                if len(self._pings) > 16:
+                    self._pings.pop(min(self._pings))
+                await conn.send(Ping(nonce))
+            else:
+                self._pings.clear()
             await asyncio.sleep(self.cfg.ping_interval_s)

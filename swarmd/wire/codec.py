@@ -20,7 +20,7 @@ import msgpack
 
 from ..errors import DecodeError
 from ..types import TensorBlob
-from .messages import CATALOGUE, Hop, Message
+from .messages import CATALOGUE, Hop, MemberUpdate, Message, NodeMeta, SpanState
 
 TENSOR_DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}
 MAX_STR = 4096
@@ -34,8 +34,11 @@ Validator = Callable[[Any, str], Any]
 # --- encoding ------------------------------------------------------------------------------------
 
 
+STRUCTS = (Hop, TensorBlob, MemberUpdate, SpanState)
+
+
 def _plain(value: Any) -> Any:
-    if isinstance(value, (Hop, TensorBlob)):
+    if isinstance(value, STRUCTS):
         return [_plain(getattr(value, f.name)) for f in dataclasses.fields(value)]
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
@@ -128,8 +131,8 @@ def _validator(tp: Any) -> Validator:
                                     TensorBlob: _tensor}
     if tp in simple:
         return simple[tp]
-    if tp is Hop:
-        return _struct(Hop, [_validator(t) for t in typing.get_type_hints(Hop).values()])
+    if tp in (Hop, MemberUpdate, SpanState):
+        return _struct(tp, [_validator(t) for t in typing.get_type_hints(tp).values()])
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
@@ -146,23 +149,16 @@ def _schema(cls: type[Message]) -> list[Validator]:
 
 
 SCHEMAS: dict[int, tuple[type[Message], list[Validator]]] = {tag: (cls, _schema(cls)) for tag, cls in CATALOGUE.items()}
+META_SCHEMA: list[Validator] = [_validator(t) for name, t in typing.get_type_hints(NodeMeta).items()
+                                if name not in ("VERSION", "CAP")]
 
 
 def _no_ext(code: int, data: bytes) -> Any:
     raise DecodeError(f"msgpack extension type {code} is not allowed", "msgpack")
 
 
-def decode(body: bytes, allowed: frozenset[int] | None = None) -> Message:
-    """Decode one frame body into its message; ``allowed`` limits the tags accepted in this state."""
-    tag = peek_tag(body)
-    entry = SCHEMAS.get(tag)
-    if entry is None:
-        raise DecodeError(f"unknown message tag {tag}", "unknown_tag")
-    if allowed is not None and tag not in allowed:
-        raise DecodeError(f"message {entry[0].__name__} is not allowed here", "unexpected")
-    cls, schema = entry
-    if len(body) > cls.CAP:
-        raise DecodeError(f"{cls.__name__} of {len(body)} bytes exceeds its cap of {cls.CAP}", "oversized")
+def _unpack(body: bytes) -> Any:
+    """One msgpack value filling ``body`` exactly, bounded by its length; no maps, no extension types."""
     n = len(body)
     try:
         unpacker = msgpack.Unpacker(
@@ -177,6 +173,42 @@ def decode(body: bytes, allowed: frozenset[int] | None = None) -> Message:
         raise
     except Exception as exc:  # msgpack raises several unrelated types for malformed input
         raise DecodeError(f"invalid msgpack: {type(exc).__name__}: {exc}", "msgpack") from None
+    return value
+
+
+def encode_meta(meta: NodeMeta) -> bytes:
+    """``NodeMeta`` as gossip carries it: ``[VERSION, field1, ...]``; raises ValueError above its cap."""
+    fields = [_plain(getattr(meta, f.name)) for f in dataclasses.fields(meta)]
+    body = msgpack.packb([NodeMeta.VERSION, *fields], use_bin_type=True)
+    if len(body) > NodeMeta.CAP:
+        raise ValueError(f"node meta of {len(body)} bytes exceeds {NodeMeta.CAP}")
+    return body
+
+
+def decode_meta(body: bytes) -> NodeMeta:
+    """The inverse of ``encode_meta``, with the same checks as a message (a newer VERSION is refused)."""
+    if len(body) > NodeMeta.CAP:
+        raise DecodeError(f"node meta of {len(body)} bytes exceeds {NodeMeta.CAP}", "oversized")
+    value = _unpack(body)
+    if not isinstance(value, list) or len(value) != len(META_SCHEMA) + 1 or value[0] != NodeMeta.VERSION:
+        raise DecodeError(f"node meta: expected version {NodeMeta.VERSION} with {len(META_SCHEMA)} fields", "fields")
+    names = [f.name for f in dataclasses.fields(NodeMeta)]
+    return NodeMeta(*(check(v, f"NodeMeta.{name}") for check, v, name in zip(META_SCHEMA, value[1:], names,
+                                                                             strict=True)))
+
+
+def decode(body: bytes, allowed: frozenset[int] | None = None) -> Message:
+    """Decode one frame body into its message; ``allowed`` limits the tags accepted in this state."""
+    tag = peek_tag(body)
+    entry = SCHEMAS.get(tag)
+    if entry is None:
+        raise DecodeError(f"unknown message tag {tag}", "unknown_tag")
+    if allowed is not None and tag not in allowed:
+        raise DecodeError(f"message {entry[0].__name__} is not allowed here", "unexpected")
+    cls, schema = entry
+    if len(body) > cls.CAP:
+        raise DecodeError(f"{cls.__name__} of {len(body)} bytes exceeds its cap of {cls.CAP}", "oversized")
+    value = _unpack(body)
     if not isinstance(value, list) or len(value) != len(schema) + 1:
         raise DecodeError(f"{cls.__name__}: expected {len(schema)} fields", "fields")
     fields = [check(v, f"{cls.__name__}.{f.name}")

@@ -173,9 +173,138 @@ class SessionClose(Message):
     reason: str
 
 
+# --- membership gossip (SWIM; encrypted) ----------------------------------------------------------
+# Driven by ``membership/swim.py``; the rules are in proto_spec.md §11. Named Swim* where they would
+# clash with the link-layer Ping/Pong above.
+
+# Fixed msgpack overhead of one MemberUpdate (array header, ints and string headers), rounded up.
+UPDATE_OVERHEAD = 48
+
+
+@dataclass(frozen=True, slots=True)
+class MemberUpdate:
+    """One gossip entry (nested struct, not a message): what a node claims about ``node_id``.
+
+    ``incarnation`` orders liveness claims; only the member itself raises it (to refute a claim).
+    ``meta_version``/``meta`` are the member's own published ``NodeMeta`` (encoded), relayed by others
+    unchanged. ``by`` is who makes the claim: the accuser for ``suspect``/``dead``, the member otherwise.
+    """
+
+    node_id: str
+    addr: str
+    incarnation: int
+    state: str  # alive | suspect | dead | left
+    meta_version: int
+    meta: bytes
+    by: str
+
+    def size(self) -> int:
+        """Upper estimate of the encoded size in bytes, used to fill a piggyback budget."""
+        return (UPDATE_OVERHEAD + len(self.node_id.encode()) + len(self.addr.encode())
+                + len(self.state) + len(self.meta) + len(self.by.encode()))
+
+
+@dataclass(frozen=True, slots=True)
+class SwimPing(Message):
+    """Probe: the receiver answers ``SwimAck(seq)`` to ``sender_addr`` if it is ``target`` (or it is "")."""
+
+    TAG: ClassVar[int] = 30
+    CAP: ClassVar[int] = 16 * KIB
+    seq: int
+    sender: str
+    sender_addr: str
+    target: str  # node id the sender means to probe; "" when only the address is known
+    piggyback: tuple[MemberUpdate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SwimAck(Message):
+    """Answer to a ``SwimPing``; a helper forwards the target's answer with the requester's ``seq``."""
+
+    TAG: ClassVar[int] = 31
+    CAP: ClassVar[int] = 16 * KIB
+    seq: int
+    sender: str
+    piggyback: tuple[MemberUpdate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PingReq(Message):
+    """Indirect probe: please ping ``target`` at ``target_addr`` and forward its ack as ``SwimAck(seq)``."""
+
+    TAG: ClassVar[int] = 32
+    CAP: ClassVar[int] = 16 * KIB
+    seq: int
+    sender: str
+    sender_addr: str
+    target: str
+    target_addr: str
+    piggyback: tuple[MemberUpdate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PushPull(Message):
+    """Anti-entropy: the sender's whole table (itself included); ``reply`` asks for the receiver's table.
+
+    ``join`` marks a joining node's exchange with a seed (informational). ``dead`` entries merge as ``suspect``.
+    """
+
+    TAG: ClassVar[int] = 33
+    CAP: ClassVar[int] = 2 * MIB
+    sender: str
+    sender_addr: str
+    join: bool
+    reply: bool
+    states: tuple[MemberUpdate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Gossip(Message):
+    """Updates pushed without a probe (leave, refutation); no answer."""
+
+    TAG: ClassVar[int] = 34
+    CAP: ClassVar[int] = 16 * KIB
+    sender: str
+    piggyback: tuple[MemberUpdate, ...]
+
+
+# --- node metadata (the opaque ``MemberUpdate.meta``; encoded by codec.encode_meta) ----------------
+
+
+@dataclass(frozen=True, slots=True)
+class SpanState:
+    """A span of decoder layers a node holds, and what it does with it."""
+
+    start: int
+    end: int
+    state: str  # loading | serving | draining
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMeta:
+    """What a node publishes about itself through gossip; only the node itself changes it."""
+
+    VERSION: ClassVar[int] = 1
+    CAP: ClassVar[int] = 512  # = membership MAX_META_BYTES
+    software: str
+    protocol: int
+    model: str  # source name of the served model
+    num_layers: int
+    device: str
+    memory_bytes: int  # budget for weights plus KV cache
+    dtype_bytes: int  # bytes per weight in its dtype (placement compares memory in float32 terms)
+    seconds_per_layer: float  # measured per decode token; 0: not measured (holds nothing by placement)
+    spans: tuple[SpanState, ...]
+    sessions: int  # sessions through this node's stages now
+    queue: int  # forwards waiting at its stages
+    health: str  # starting | serving | draining | degraded
+    pinned: bool  # spans fixed by configuration (--layers START:END or none): placement keeps them
+
+
 CATALOGUE: dict[int, type[Message]] = {
     cls.TAG: cls
     for cls in (ClientHello, ServerHello, ClientAuth, Hello, Ping, Pong, SessionOpen, SessionAccepted,
-                SessionError, Forward, TokenOut, SessionClose)
+                SessionError, Forward, TokenOut, SessionClose, SwimPing, SwimAck, PingReq, PushPull, Gossip)
 }
+SWIM_TAGS = frozenset({SwimPing.TAG, SwimAck.TAG, PingReq.TAG, PushPull.TAG, Gossip.TAG})
 HANDSHAKE_TAGS = frozenset({ClientHello.TAG, ServerHello.TAG, ClientAuth.TAG})

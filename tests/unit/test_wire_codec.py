@@ -20,15 +20,21 @@ from swarmd.wire.messages import (
     ClientHello,
     Forward,
     Hello,
+    Gossip,
     Hop,
+    MemberUpdate,
     Message,
     Ping,
+    PingReq,
     Pong,
+    PushPull,
     ServerHello,
     SessionAccepted,
     SessionClose,
     SessionError,
     SessionOpen,
+    SwimAck,
+    SwimPing,
     TokenOut,
 )
 
@@ -51,6 +57,11 @@ EXAMPLES: list[Message] = [
     Forward("s", 7, 8, True, (), TensorBlob("float32", (2,), b"\xff" * 8)),
     TokenOut("s", 4, 42, True),
     SessionClose("s", "client_gone"),
+    SwimPing(7, "a", "10.0.0.1:7000", "b", (MemberUpdate("c", "10.0.0.3:7000", 3, "suspect", 1, b"", "a"),)),
+    SwimAck(7, "b", ()),
+    PingReq(9, "a", "10.0.0.1:7000", "b", "10.0.0.2:7000", ()),
+    PushPull("a", "10.0.0.1:7000", True, True, (MemberUpdate("a", "10.0.0.1:7000", 0, "alive", 4, b"\x93", "a"),)),
+    Gossip("a", (MemberUpdate("a", "10.0.0.1:7000", 2, "left", 4, b"", "a"),)),
 ]
 FWD_HEAD: list[Any] = [Forward.TAG, "s", 0, 0, False, []]  # a Forward body up to its ``hidden`` field
 
@@ -69,7 +80,7 @@ def reason_of(body: bytes, allowed: frozenset[int] | None = None) -> str:
 def test_catalogue_is_keyed_by_unique_tags_and_examples_cover_it() -> None:
     assert {type(m) for m in EXAMPLES} == set(CATALOGUE.values())
     assert all(tag == cls.TAG for tag, cls in CATALOGUE.items())
-    assert len({cls.TAG for cls in CATALOGUE.values()}) == len(CATALOGUE) == 12
+    assert len({cls.TAG for cls in CATALOGUE.values()}) == len(CATALOGUE) == 17
     assert all(0 < tag <= 0x7F for tag in CATALOGUE)  # peek_tag only reads positive fixints
     assert {ClientHello.TAG, ServerHello.TAG, ClientAuth.TAG} == HANDSHAKE_TAGS
 
