@@ -56,14 +56,26 @@ def default_node_id() -> str:
 
 def routable_host() -> str:
     """The address peers can reach this host at when it listens on every interface: the source address of
-    the default route (a UDP connect sends nothing), else loopback."""
+    the route to the mDNS group (a UDP connect sends nothing), else the first non-loopback IPv4 address of
+    an interface (``ifaddr`` comes with zeroconf), else loopback."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             s.connect(("224.0.0.251", 5353))
-            host = s.getsockname()[0]
+            host = str(s.getsockname()[0])
+            if host != "0.0.0.0":
+                return host
         except OSError:
-            return "127.0.0.1"
-    return host if host != "0.0.0.0" else "127.0.0.1"
+            pass
+    try:
+        import ifaddr
+
+        for adapter in ifaddr.get_adapters():
+            for ip in adapter.ips:
+                if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
+                    return ip.ip
+    except ImportError:
+        pass
+    return "127.0.0.1"
 
 
 def pinned_span(layers: str, num_layers: int) -> tuple[bool, LayerSpan | None]:

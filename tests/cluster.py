@@ -68,14 +68,24 @@ class Cluster:
             self.key = write_key(self.root / "swarm.key")
         addrs = [f"127.0.0.1:{free_port()}" for _ in self.spans]
         for i, span in enumerate(self.spans):
-            peers = [a for a in addrs if a != addrs[i]]
-            args = ["--model", self.model, "--layers", span, "--listen", addrs[i], "--node-id", f"node{i}",
-                    "--socket", str(self.root / f"n{i}.sock"), "--key-file", str(self.key),
-                    "--threads", str(self.threads),
-                    "--drain-timeout", "5", *[x for p in peers for x in ("--peer", p)],
-                    *([] if self.mdns else ["--no-mdns"]), *self.extra]
-            sock, log = self.root / f"n{i}.sock", self.root / f"n{i}.log"
-            self.daemons.append(Daemon(f"node{i}", sock, addrs[i], log, args))
+            self.daemons.append(self._daemon(i, span, addrs[i], [a for a in addrs if a != addrs[i]], self.extra))
+
+    def _daemon(self, i: int, span: str, addr: str, peers: list[str], extra: list[str]) -> Daemon:
+        args = ["--model", self.model, "--layers", span, "--listen", addr, "--node-id", f"node{i}",
+                "--socket", str(self.root / f"n{i}.sock"), "--key-file", str(self.key),
+                "--threads", str(self.threads),
+                "--drain-timeout", "5", *[x for p in peers for x in ("--peer", p)],
+                *([] if self.mdns else ["--no-mdns"]), *extra]
+        return Daemon(f"node{i}", self.root / f"n{i}.sock", addr, self.root / f"n{i}.log", args)
+
+    def add(self, span: str, extra: list[str] | None = None) -> Daemon:
+        """Start one more daemon whose seed peers are the daemons already there (no health wait)."""
+        i = len(self.daemons)
+        d = self._daemon(i, span, f"127.0.0.1:{free_port()}", [x.addr for x in self.daemons],
+                         self.extra if extra is None else extra)
+        self.daemons.append(d)
+        d.start(dict(os.environ, SWARMD_CACHE_DIR=str(self.cache_dir), HF_HUB_OFFLINE="1"))
+        return d
 
     def start(self, timeout: float = 300.0) -> Cluster:
         env = dict(os.environ, SWARMD_CACHE_DIR=str(self.cache_dir), HF_HUB_OFFLINE="1")

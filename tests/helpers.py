@@ -91,3 +91,21 @@ def uds_client(socket_path: str, timeout: float = 120.0):  # type: ignore[no-unt
     import httpx
 
     return httpx.Client(transport=httpx.HTTPTransport(uds=socket_path), base_url="http://swarmd", timeout=timeout)
+
+
+def memory_budgets(model: Path) -> tuple[int, int]:
+    """``--memory-budget`` values for a saved model: about half of it (two such nodes make a pipeline, and
+    no node can hold all layers) and all of it, as placement counts memory (float32, KV reserve)."""
+    from transformers import AutoConfig
+
+    from swarmd.engine.profile import profile_model
+    from swarmd.membership.rebalance import model_shape
+    from swarmd.node import KV_RESERVE_TOKENS
+
+    cfg = AutoConfig.from_pretrained(model)
+    layers = int(cfg.num_hidden_layers)
+    p = profile_model(cfg, EngineConfig(seconds_per_layer=1e-3))
+    shape = model_shape(layers, p.params_per_layer, p.embed_params, p.head_params, p.kv_per_token_layer,
+                        min(KV_RESERVE_TOKENS, int(cfg.max_position_embeddings)))
+    half = max(shape.span_bytes((0, layers // 2)), shape.span_bytes((layers // 2, layers)))
+    return half + shape.bytes_per_layer // 2, shape.span_bytes((0, layers)) + shape.bytes_per_layer

@@ -35,15 +35,20 @@ def save_tiny_tokenizer(path: Path, vocab_size: int = 384) -> None:
     fast.save_pretrained(path)
 
 
-def make_tiny_model(path: Path, arch: str = "llama", layers: int = 4, seed: int = 0) -> Path:
-    """Save a random model of ``arch`` (llama, qwen2, mistral) with its tokenizer into ``path``."""
+def make_tiny_model(path: Path, arch: str = "llama", layers: int = 4, seed: int = 0, context: int = 512,
+                    never_eos: bool = False) -> Path:
+    """Save a random model of ``arch`` (llama, qwen2, mistral) with its tokenizer into ``path``.
+
+    ``never_eos``: the LM head row of the end-of-sequence token is zeroed, so greedy generation (almost)
+    never stops by itself: for long generations.
+    """
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
     common = dict(
         hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=384, max_position_embeddings=512, bos_token_id=0,
-        eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
+        num_key_value_heads=2, vocab_size=384, bos_token_id=0,
+        eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, max_position_embeddings=context,
     )
     if arch == "llama":
         config = LlamaConfig(**common)
@@ -61,6 +66,8 @@ def make_tiny_model(path: Path, arch: str = "llama", layers: int = 4, seed: int 
                 p.normal_(0.0, 0.08)
             elif "bias" in name:
                 p.normal_(0.0, 0.05)
+        if never_eos:
+            model.lm_head.weight[2].zero_()
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     save_tiny_tokenizer(path)
