@@ -25,11 +25,13 @@ def suspicion_timeout(suspicion_mult: float, n: int, probe_interval: float) -> f
 
 
 def suspicion_bounds(
-    suspicion_mult: float, max_timeout_mult: float, n: int, probe_interval: float
+    suspicion_mult: float, max_timeout_mult: float, n: int, probe_interval: float, floor_s: float = 0.0
 ) -> tuple[float, float]:
-    """``(lo, hi)``: the timeout with every expected confirmation, and with none (``max_timeout_mult * lo``)."""
-    lo = suspicion_timeout(suspicion_mult, n, probe_interval)
-    return lo, max(lo, max_timeout_mult * lo)
+    """``(lo, hi)``: the timeout with every expected confirmation (never below ``floor_s``), and with none
+    (``max_timeout_mult`` times the unfloored one, never below ``lo``)."""
+    raw = suspicion_timeout(suspicion_mult, n, probe_interval)
+    lo = max(raw, floor_s)
+    return lo, max(lo, max_timeout_mult * raw)
 
 
 def expected_confirmations(suspicion_mult: int, n: int) -> int:
@@ -52,12 +54,14 @@ def retransmit_limit(retransmit_mult: int, n: int) -> int:
     return retransmit_mult * math.ceil(math.log10(max(0, n) + 1))
 
 
-def push_pull_scale(interval: float, n: int, threshold: int = 32) -> float:
-    """memberlist's pushPullScale: beyond ``threshold`` members, stretch the anti-entropy interval by
-    ``ceil(log2(n) - log2(threshold)) + 1`` so full-state exchanges stay cheap in large clusters."""
+def push_pull_scale(interval: float, n: int, threshold: int = 8) -> float:
+    """Beyond ``threshold`` members, stretch the anti-entropy interval in proportion to ``n``: a full-state
+    exchange costs O(n) bytes, so this keeps its bytes per node per second constant (memberlist stretches
+    only logarithmically, which leaves push-pull traffic growing linearly). Gossip, not anti-entropy,
+    spreads news; anti-entropy repairs what gossip missed, and still runs every ``interval * n / 8``."""
     if n <= threshold:
         return interval
-    return interval * (math.ceil(math.log2(n) - math.log2(threshold)) + 1)
+    return interval * n / threshold
 
 
 @dataclass

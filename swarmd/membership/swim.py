@@ -73,6 +73,7 @@ class Swim:
         self._seq = self.rng.randrange(SEQ_MOD)
         self._next_probe: float | None = None  # set by the first tick, with a random phase
         self._next_push_pull = math.inf
+        self._next_gossip = math.inf
         self._seeds: tuple[str, ...] = ()
         self._next_join = math.inf
         self._next_stranger_sync = -math.inf
@@ -144,6 +145,8 @@ class Swim:
         if self.left:
             return min(times)
         times.append(self._next_push_pull)
+        if len(self._queue):
+            times.append(self._next_gossip)
         p = self._probe
         times.append(self._next_probe if p is None else p.due(cfg.probe_interval, cfg.probe_timeout))
         if self._seeds and not self._knows_others():
@@ -158,6 +161,7 @@ class Swim:
         if self._next_probe is None:
             self._next_probe = now + self.rng.random() * cfg.probe_interval
             self._next_push_pull = now + self.rng.random() * cfg.push_pull_interval
+            self._next_gossip = now + self.rng.random() * cfg.gossip_interval
         self._relays = {s: r for s, r in self._relays.items() if r.expires > now}
         if not self.left:
             self._check_probe(now, out)  # first: our own confirmation may shorten a suspicion below
@@ -175,6 +179,9 @@ class Swim:
             self._next_probe += cfg.probe_interval
             if self._next_probe <= now:  # we were stalled: do not try to catch up
                 self._next_probe = now + cfg.probe_interval
+        if now >= self._next_gossip:
+            self._next_gossip = now + cfg.gossip_interval
+            self._gossip(out)
         if now >= self._next_push_pull:
             self._next_push_pull = now + push_pull_scale(cfg.push_pull_interval, self._live)
             peers = [r for r in self._members.values() if r.state == ALIVE and r is not self._me]
@@ -183,6 +190,17 @@ class Swim:
         if self._seeds and now >= self._next_join and not self._knows_others():
             out.extend(self.join(self._seeds, now))
         return out
+
+    def _gossip(self, out: list[Effect]) -> None:
+        """Push pending updates to a few random alive members (nothing when nothing is pending)."""
+        if not len(self._queue):
+            return
+        peers = [r for r in self._members.values() if r.state == ALIVE and r is not self._me]
+        for r in self.rng.sample(peers, min(self.config.gossip_nodes, len(peers))):
+            updates = self._piggyback()
+            if not updates:
+                break
+            out.append(Send(r.addr, Gossip(self.self_id, updates)))
 
     def _check_probe(self, now: float, out: list[Effect]) -> None:
         """Advance the current probe (see ``probe.py``): ask helpers, suspect, or give up."""
@@ -385,7 +403,7 @@ class Swim:
         if state == SUSPECT:  # a new suspicion, or one at a newer incarnation: (re)start the timer
             n = self._live
             lo, hi = suspicion_bounds(self.config.suspicion_mult, self.config.suspicion_max_timeout_mult, n,
-                                      self.config.probe_interval)
+                                      self.config.probe_interval, self.config.suspicion_min_s)
             k = expected_confirmations(self.config.suspicion_mult, n)
             self._suspicions[rec.node_id] = Suspicion(now, lo, hi, k, accuser)
         else:

@@ -21,6 +21,13 @@ class SwimConfig:
     suspicion_mult: int = 4
     # Suspicion timeout with no confirmation: this many times the above.
     suspicion_max_timeout_mult: float = 6.0
+    # Floor under the suspicion timeout (seconds): in small swarms log10(n) scaling alone would declare a
+    # node dead after 2 s, so a stall of a few seconds (swap, a GC pause, SIGSTOP) would evict it.
+    suspicion_min_s: float = 3.5
+    # Besides piggy-backing on probes, pending updates are pushed to gossip_nodes random members every
+    # gossip_interval (memberlist's gossip timer); nothing is sent when there is nothing new.
+    gossip_interval: float = 0.2
+    gossip_nodes: int = 3
     # Every node piggy-backs each update mult * ceil(log10(n + 1)) times.
     retransmit_mult: int = 4
     # Full-state exchange with one random alive member (stretched beyond 32 members, as memberlist).
@@ -47,15 +54,17 @@ class SwimConfig:
     def __post_init__(self) -> None:
         if not 0 < self.probe_timeout < self.probe_interval:
             raise ConfigError("swim: need 0 < probe_timeout < probe_interval")
-        for name in ("push_pull_interval", "join_retry_interval", "tombstone_s", "suspicion_max_timeout_mult"):
+        for name in ("push_pull_interval", "join_retry_interval", "tombstone_s", "suspicion_max_timeout_mult",
+                     "gossip_interval"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"swim: {name} must be positive")
         for name in ("suspicion_mult", "retransmit_mult", "max_piggyback", "max_broadcasts", "max_relays",
                      "max_incarnation_jump"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"swim: {name} must be at least 1")
-        if self.indirect_checks < 0 or self.announce_fanout < 0:
-            raise ConfigError("swim: indirect_checks and announce_fanout must not be negative")
+        if self.indirect_checks < 0 or self.announce_fanout < 0 or self.gossip_nodes < 0 or self.suspicion_min_s < 0:
+            raise ConfigError("swim: indirect_checks, announce_fanout, gossip_nodes and suspicion_min_s must not be "
+                              "negative")
         # A message of piggyback (plus its own header) must stay under the Ping/Ack/PingReq wire cap.
         if not MAX_UPDATE_BYTES <= self.max_piggyback_bytes <= Ping.CAP - 1024:
             raise ConfigError(f"swim: max_piggyback_bytes must be in [{MAX_UPDATE_BYTES}, {Ping.CAP - 1024}]")
@@ -73,5 +82,5 @@ class SwimConfig:
         """Short timings for tests and loopback clusters (memberlist's DefaultLocalConfig, scaled down)."""
         return dataclasses.replace(
             cls(), probe_interval=0.1, probe_timeout=0.04, suspicion_mult=3, push_pull_interval=1.0,
-            join_retry_interval=0.2, tombstone_s=5.0,
+            join_retry_interval=0.2, tombstone_s=5.0, suspicion_min_s=0.0, gossip_interval=0.05,
         )

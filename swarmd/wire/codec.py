@@ -180,8 +180,10 @@ def encode_meta(meta: NodeMeta) -> bytes:
     """``NodeMeta`` as gossip carries it: ``[VERSION, field1, ...]``; raises ValueError above its cap."""
     fields = [_plain(getattr(meta, f.name)) for f in dataclasses.fields(meta)]
     body = msgpack.packb([NodeMeta.VERSION, *fields], use_bin_type=True)
-    if len(body) > NodeMeta.CAP:
-        raise ValueError(f"node meta of {len(body)} bytes exceeds {NodeMeta.CAP}")
+    try:
+        decode_meta(body)  # publish nothing a peer would refuse (size, non-finite speed, bad types)
+    except DecodeError as exc:
+        raise ValueError(f"node meta not publishable: {exc}") from None
     return body
 
 
@@ -190,7 +192,8 @@ def decode_meta(body: bytes) -> NodeMeta:
     if len(body) > NodeMeta.CAP:
         raise DecodeError(f"node meta of {len(body)} bytes exceeds {NodeMeta.CAP}", "oversized")
     value = _unpack(body)
-    if not isinstance(value, list) or len(value) != len(META_SCHEMA) + 1 or value[0] != NodeMeta.VERSION:
+    if (not isinstance(value, list) or len(value) != len(META_SCHEMA) + 1 or type(value[0]) is not int
+            or value[0] != NodeMeta.VERSION):
         raise DecodeError(f"node meta: expected version {NodeMeta.VERSION} with {len(META_SCHEMA)} fields", "fields")
     names = [f.name for f in dataclasses.fields(NodeMeta)]
     return NodeMeta(*(check(v, f"NodeMeta.{name}") for check, v, name in zip(META_SCHEMA, value[1:], names,

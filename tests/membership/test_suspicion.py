@@ -64,10 +64,19 @@ def test_retransmit_limit(n: int, want: int) -> None:
     assert retransmit_limit(4, n) == want
 
 
-def test_push_pull_scale_matches_memberlist() -> None:
-    assert all(push_pull_scale(1.0, n) == 1.0 for n in range(33))
-    assert all(push_pull_scale(1.0, n) == 2.0 for n in range(33, 65))
-    assert all(push_pull_scale(1.0, n) == 3.0 for n in range(65, 129))
+def test_push_pull_scale_keeps_full_state_bytes_per_second_constant_beyond_eight() -> None:
+    assert all(push_pull_scale(1.0, n) == 1.0 for n in range(9))
+    assert push_pull_scale(5.0, 16) == 10.0 and push_pull_scale(5.0, 64) == 40.0
+    # n members per exchange / interval: the same for every n above the threshold
+    assert {n / push_pull_scale(5.0, n) for n in (8, 16, 32, 64, 1024)} == {8 / 5.0}
+
+
+def test_suspicion_floor_raises_lo_but_not_the_confirmation_free_bound() -> None:
+    assert suspicion_bounds(4, 6.0, 4, 0.5, floor_s=3.5) == (3.5, 12.0)
+    assert suspicion_bounds(4, 6.0, 4, 0.5) == (2.0, 12.0)
+    lo, hi = suspicion_bounds(4, 6.0, 10_000, 0.5, floor_s=3.5)
+    assert lo == pytest.approx(8.0) and hi == pytest.approx(48.0)  # the floor only matters in small swarms
+    assert suspicion_bounds(4, 1.0, 4, 0.5, floor_s=3.5) == (3.5, 3.5)  # hi never below lo
 
 
 def test_node_scale_floor() -> None:

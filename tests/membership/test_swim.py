@@ -6,6 +6,7 @@ every 0.1 s, probe timeout 0.04 s, suspicion_mult 3, push-pull every 1 s.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -15,6 +16,18 @@ from swarmd.membership.swim import Send, Swim, SwimConfig
 from swarmd.membership.swim_messages import ALIVE, DEAD, LEFT, SUSPECT, Ack, Gossip, Ping, PingReq, PushPull
 
 LOCAL = SwimConfig.local()
+
+
+def test_lan_floor_keeps_a_fully_confirmed_suspicion_alive_for_its_floor() -> None:
+    # LAN preset, n = 6, two confirmations: lo would be 2 s; the 3.5 s floor keeps the member suspect.
+    node = Swim("a", addr("a"), SwimConfig.lan(), random.Random(1))
+    introduce(node, "b", "c", "d", "e", "f")
+    for who in ("c", "d", "e"):
+        node.receive(Gossip(who, (claim("b", SUSPECT, by=who),)), 0.0)
+    node.tick(3.49)
+    assert node.member("b").state == SUSPECT  # type: ignore[union-attr]
+    node.tick(3.51)
+    assert node.member("b").state == DEAD  # type: ignore[union-attr]
 
 
 def test_probes_are_acked_and_nobody_is_suspected() -> None:
@@ -72,8 +85,8 @@ def test_suspected_member_refutes_with_a_higher_incarnation() -> None:
 
 @pytest.mark.parametrize(("confirmers", "dead_at_lo"), [((), False), (("d",), False), (("d", "e"), True)])
 def test_independent_confirmations_shorten_the_suspicion(confirmers: tuple[str, ...], dead_at_lo: bool) -> None:
-    # LAN preset, n = 6: k = suspicion_mult - 2 = 2, lo = 4 * 1 * 0.5 = 2 s, hi = 6 * lo = 12 s.
-    node = Swim("a", addr("a"), SwimConfig.lan(), random.Random(1))
+    # LAN preset without its floor, n = 6: k = suspicion_mult - 2 = 2, lo = 4 * 1 * 0.5 = 2 s, hi = 6 * lo = 12 s.
+    node = Swim("a", addr("a"), dataclasses.replace(SwimConfig.lan(), suspicion_min_s=0.0), random.Random(1))
     introduce(node, "b", "c", "d", "e", "f")
     node.receive(Gossip("c", (claim("b", SUSPECT, by="c"),)), 0.0)
     for who in confirmers:
