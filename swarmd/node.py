@@ -191,7 +191,7 @@ class Node:
         self.entry.self_hop = Hop(self.node_id, self.swim_addr, 0, 0)
         swim_cfg = SwimConfig.local() if self.cfg.net.gossip == "local" else SwimConfig.lan()
         swim = Swim(self.node_id, self.swim_addr, swim_cfg, meta=encode_meta(self._meta()))
-        self.membership = Membership(swim, self.mesh.post, self._on_member)
+        self.membership = Membership(swim, self.mesh.post, self._on_member, connect=self.mesh.link)
         self.membership.start(self.cfg.net.peers)
         await self._start_discovery()
 

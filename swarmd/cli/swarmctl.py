@@ -45,9 +45,21 @@ def render_status(doc: dict[str, Any]) -> str:
                      f"{kv['sessions']} session(s)")
     if doc.get("loading"):
         lines.append(f"loading   {doc['loading']}")
+    spans = doc.get("spans") or []
+    if len(spans) > 1 or any(s.get("state") != "serving" for s in spans):
+        held = [f"{_fmt_layers(s['layers'])} {s['state']} ({s.get('sessions', 0)} sessions)" for s in spans]
+        lines.append("spans     " + ", ".join(held))
     cov = ", ".join(f"{_fmt_layers(c['layers'])}x{c['replicas']}" for c in doc.get("coverage", [])) or "none"
-    lines.append(f"coverage  {cov}")
+    reps = doc.get("layer_replicas") or {}
+    lines.append(f"coverage  {cov}" + (f"   (every layer held {reps['min']}+ times)" if reps.get("min") else ""))
     lines.append(f"ring      {' -> '.join(doc.get('ring') or []) or '-'}")
+    place = doc.get("placement") or {}
+    if place:
+        lines.append(f"placement {place.get('mode')}, target {_fmt_layers(place.get('target'))}, "
+                     f"complete: {place.get('complete')}, replicated: {place.get('replicated')}")
+    gossip = doc.get("gossip") or {}
+    if gossip:
+        lines.append(f"members   {gossip.get('members')} live (incarnation {gossip.get('incarnation')})")
     lines.append(render_peers(doc))
     return "\n".join(lines)
 
@@ -56,10 +68,16 @@ def render_peers(doc: dict[str, Any]) -> str:
     peers = doc.get("peers") or []
     if not peers:
         return "peers     none"
-    rows = [("NODE", "ADDR", "STATE", "LAYERS", "DEVICE", "LINK", "RTT")]
-    rows += [(p.get("node_id") or "?", p.get("addr", "?"), p.get("state", "?"), _fmt_layers(p.get("layers")),
-              p.get("device") or "-", p.get("connection", "-"),
-              f"{p['rtt_ms']:.2f}ms" if p.get("rtt_ms") is not None else (p.get("error") or "-")) for p in peers]
+    rows = [("NODE", "ADDR", "STATE", "LAYERS", "DEVICE", "LOAD", "HEARD", "RTT")]
+    for p in peers:
+        load = p.get("load") or {}
+        heard = p.get("last_heard_s")
+        rows.append((
+            p.get("node_id") or "?", p.get("addr", "?"), p.get("state", "?"), _fmt_layers(p.get("layers")),
+            p.get("device") or "-", f"{load['sessions']}s/{load['queue']}q" if load else "-",
+            f"{heard:.1f}s ago" if heard is not None else "-",
+            f"{p['rtt_ms']:.2f}ms" if p.get("rtt_ms") is not None else (p.get("error") or "-"),
+        ))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 

@@ -28,9 +28,13 @@ class Membership:
     """Owns the SWIM task. ``start`` once, ``stop`` once (it announces the leave first when asked)."""
 
     def __init__(self, swim: Swim, post: Post, on_change: Callable[[MemberChanged], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 connect: Callable[[str], object] = lambda addr: None) -> None:
         self.swim = swim
         self._post = post
+        # Opens the link to a member as soon as it is known, so the handshake is not paid inside the
+        # member's first probe (which would then time out under load and raise a false suspicion).
+        self._connect = connect
         self._on_change = on_change
         self._clock = clock
         self._wake = asyncio.Event()
@@ -63,6 +67,10 @@ class Membership:
 
     async def _run(self) -> None:
         while True:
+            # Let messages that arrived while this task slept be handled first: an ack already in a
+            # socket buffer must count before the probe's deadline is judged (matters on a busy loop).
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
             self._apply(self.swim.tick(self._clock()))
             delay = self.swim.next_deadline() - self._clock()
             self._wake.clear()
@@ -122,6 +130,8 @@ class Membership:
             elif isinstance(eff, MemberChanged):
                 if eff.removed:
                     self.forget_rtt(eff.member.node_id)
+                elif eff.previous is None or eff.member.state == "alive" and eff.previous in ("dead", "left"):
+                    self._connect(eff.member.addr)
                 try:
                     self._on_change(eff)
                 except Exception:  # a bug in a consumer must not stop gossip

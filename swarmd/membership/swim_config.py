@@ -18,12 +18,12 @@ class SwimConfig:
     # Helpers asked (PingReq) to probe a member that missed its direct Ack.
     indirect_checks: int = 3
     # Suspicion timeout with every expected confirmation: mult * max(1, log10(n)) * probe_interval.
-    suspicion_mult: int = 4
+    suspicion_mult: int = 3
     # Suspicion timeout with no confirmation: this many times the above.
     suspicion_max_timeout_mult: float = 6.0
     # Floor under the suspicion timeout (seconds): in small swarms log10(n) scaling alone would declare a
     # node dead after 2 s, so a stall of a few seconds (swap, a GC pause, SIGSTOP) would evict it.
-    suspicion_min_s: float = 3.5
+    suspicion_min_s: float = 3.0
     # Besides piggy-backing on probes, pending updates are pushed to gossip_nodes random members every
     # gossip_interval (memberlist's gossip timer); nothing is sent when there is nothing new.
     gossip_interval: float = 0.2

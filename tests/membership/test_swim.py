@@ -19,14 +19,14 @@ LOCAL = SwimConfig.local()
 
 
 def test_lan_floor_keeps_a_fully_confirmed_suspicion_alive_for_its_floor() -> None:
-    # LAN preset, n = 6, two confirmations: lo would be 2 s; the 3.5 s floor keeps the member suspect.
+    # LAN preset, n = 6, fully confirmed: lo would be 3 * 1 * 0.5 = 1.5 s; the 3 s floor keeps the member suspect.
     node = Swim("a", addr("a"), SwimConfig.lan(), random.Random(1))
     introduce(node, "b", "c", "d", "e", "f")
     for who in ("c", "d", "e"):
         node.receive(Gossip(who, (claim("b", SUSPECT, by=who),)), 0.0)
-    node.tick(3.49)
+    node.tick(2.99)
     assert node.member("b").state == SUSPECT  # type: ignore[union-attr]
-    node.tick(3.51)
+    node.tick(3.01)
     assert node.member("b").state == DEAD  # type: ignore[union-attr]
 
 
@@ -85,8 +85,9 @@ def test_suspected_member_refutes_with_a_higher_incarnation() -> None:
 
 @pytest.mark.parametrize(("confirmers", "dead_at_lo"), [((), False), (("d",), False), (("d", "e"), True)])
 def test_independent_confirmations_shorten_the_suspicion(confirmers: tuple[str, ...], dead_at_lo: bool) -> None:
-    # LAN preset without its floor, n = 6: k = suspicion_mult - 2 = 2, lo = 4 * 1 * 0.5 = 2 s, hi = 6 * lo = 12 s.
-    node = Swim("a", addr("a"), dataclasses.replace(SwimConfig.lan(), suspicion_min_s=0.0), random.Random(1))
+    # LAN timings with suspicion_mult 4 and no floor, n = 6: k = 4 - 2 = 2, lo = 4 * 1 * 0.5 = 2 s, hi = 6 * lo = 12 s.
+    cfg = dataclasses.replace(SwimConfig.lan(), suspicion_mult=4, suspicion_min_s=0.0)
+    node = Swim("a", addr("a"), cfg, random.Random(1))
     introduce(node, "b", "c", "d", "e", "f")
     node.receive(Gossip("c", (claim("b", SUSPECT, by="c"),)), 0.0)
     for who in confirmers:
@@ -219,3 +220,17 @@ def test_a_stalled_prober_blames_nobody() -> None:
     a.tick(t + 1.0)  # woke a whole second later: the ack may have come and gone unread
     assert a.member("b").state == ALIVE  # type: ignore[union-attr]
     assert a.dropped["stalled_probe"] == 1
+
+
+def test_gossip_timer_pushes_pending_updates_and_is_silent_otherwise() -> None:
+    c = Mini("a", "b", "c", "d")
+    c.join_all(settle=3.0)  # every join broadcast has been sent its retransmit limit by now
+    before = len(c.messages(Gossip, src="a"))
+    c.run(1.0)
+    assert len(c.messages(Gossip, src="a")) == before  # nothing new: no gossip traffic
+    c["a"].set_meta(b"new", c.now)
+    c.run(LOCAL.gossip_interval * 1.5)  # one gossip period, well under a probe period
+    pushed = c.messages(Gossip, src="a")[before:]
+    assert pushed and len({id(m) for m in pushed}) <= LOCAL.gossip_nodes * 2
+    assert all(any(u.node_id == "a" and u.meta == b"new" for u in m.piggyback) for m in pushed)
+    assert all(c[x].member("a").meta == b"new" for x in ("b", "c", "d"))  # type: ignore[union-attr]
