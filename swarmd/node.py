@@ -119,7 +119,6 @@ class Node:
         self.last_plan: Plan | None = None
         self._view_changed: asyncio.Event | None = None
         self._last_view_change = 0.0
-        self._draining_since: dict[Span, float] = {}
         self._published_load: tuple[int, int] = (0, 0)
         self._active = 0
         self._started = time.monotonic()
@@ -300,11 +299,11 @@ class Node:
         self.last_plan = plan
         target = plan.spans[self.node_id] if self.accepting else None
         slots = {span: slot.state for span, slot in self.host.slots.items()}
-        now = time.monotonic()
 
         def drained(span: Span) -> bool:
-            return self.host.sessions(span) == 0 or now - self._draining_since.get(span, now) > \
-                self.cfg.drain_timeout_s
+            # A rebalance is in no hurry: in-flight sessions finish on the old span (they are bounded by
+            # max_tokens and the idle sweep); only its memory waits.
+            return self.host.sessions(span) == 0
 
         action = next_action(target, slots, self._covered_without, drained)
         if action is None:
@@ -319,12 +318,9 @@ class Node:
             await self._load_span(span)
         elif action.kind == "serve":
             self.host.slots[span].state = "serving"
-            self._draining_since.pop(span, None)
         elif action.kind == "drain":
             self.host.drain(span)
-            self._draining_since[span] = time.monotonic()
         elif action.kind == "drop":
-            self._draining_since.pop(span, None)
             await self.host.drop(span)
         self._publish()
 
@@ -417,6 +413,9 @@ class Node:
                for start, end in self.host.serving()]
         rtt = self.membership.rtt_s if self.membership is not None else {}
         for peer in self.view.live():
+            link = self.mesh.links.get(peer.addr)
+            if link is not None and link.failing:
+                continue
             meta = peer.meta
             for start, end in peer.serving_spans():
                 assert meta is not None

@@ -184,9 +184,19 @@ class StageService:
                     await self._close(sid, "idle")
 
     async def stop(self) -> None:
+        """Close every session; each entry is told at once (``SessionError``) instead of waiting for a token."""
         for task in [self._sweeper, *self._tasks]:
             if task is not None:
                 task.cancel()
         await asyncio.gather(*[t for t in [self._sweeper, *self._tasks] if t is not None], return_exceptions=True)
-        for sid in list(self.sessions):
-            await self._close(sid, "shutdown")
+        sessions = list(self.sessions.values())
+        for sess in sessions:
+            if sess.worker is not None:
+                sess.worker.cancel()
+        notices = [self._reply(sess.open.entry, SessionError(sess.open.session_id, self.node_id, "not_ready",
+                                                             "this stage stopped serving its layers", 1.0))
+                   for sess in sessions]
+        if notices:
+            await asyncio.wait([asyncio.ensure_future(n) for n in notices], timeout=2.0)
+        for sess in sessions:
+            await self._close(sess.open.session_id, "shutdown")

@@ -57,6 +57,7 @@ class PeerLink:
         self._last_use = -math.inf  # when ring traffic last went out (keeps the link pinged)
         self._pending: collections.deque[tuple[float, Message]] = collections.deque(maxlen=PENDING_LIMIT)
         self.sent_bytes = 0  # encoded bytes handed to this link's connections (frames, before sealing)
+        self._failed = False  # the last attempt failed and no connection came up since
 
     def start(self) -> None:
         if self._task is None and self.state != "self":
@@ -74,6 +75,12 @@ class PeerLink:
     @property
     def up(self) -> bool:
         return self.conn is not None and self.state == "up"
+
+    @property
+    def failing(self) -> bool:
+        """The connection broke or could not be made, and no new one has come up since: routing skips the
+        peer at once (the data plane knows before gossip declares the member dead)."""
+        return self._failed and self.state != "up"
 
     async def wait_up(self, timeout: float) -> bool:
         try:
@@ -136,6 +143,7 @@ class PeerLink:
                 self.state = "self"
                 return
             except Exception as exc:  # any failure of this link: log, back off, retry
+                self._failed = True
                 self.last_error = describe_error(exc)
                 log.log(logging.WARNING if isinstance(exc, ProtocolError) else logging.DEBUG,
                         "link to %s down: %s", self.addr, self.last_error)
@@ -173,6 +181,7 @@ class PeerLink:
         conn.node_id = self.node_id = reply.node_id
         self.state = "up"
         self.last_error = ""
+        self._failed = False
         self._up.set()
         fresh = time.monotonic() - PENDING_MAX_AGE_S
         while self._pending:
