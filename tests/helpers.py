@@ -109,3 +109,27 @@ def memory_budgets(model: Path) -> tuple[int, int]:
                         min(KV_RESERVE_TOKENS, int(cfg.max_position_embeddings)))
     half = max(shape.span_bytes((0, layers // 2)), shape.span_bytes((layers // 2, layers)))
     return half + shape.bytes_per_layer // 2, shape.span_bytes((0, layers)) + shape.bytes_per_layer
+
+
+def stream_completion(sock: Path, body: dict, result: dict) -> None:  # type: ignore[type-arg]
+    """Stream ``POST /v1/completions`` on a Unix socket into ``result``: ``text`` (the streamed text) or
+    ``error`` (anything raised, including an in-band error event), and ``done_at`` (monotonic). For a thread."""
+    import json
+    import time
+
+    import httpx
+
+    text: list[str] = []
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=300) as c:
+            with c.stream("POST", "http://x/v1/completions", json=dict(body, stream=True)) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: {"):
+                        chunk = json.loads(line[6:])
+                        if "error" in chunk:
+                            raise AssertionError(chunk)
+                        text.extend(choice["text"] for choice in chunk["choices"])
+        result["text"] = "".join(text)
+    except BaseException as exc:  # reported by the test
+        result["error"] = exc
+    result["done_at"] = time.monotonic()

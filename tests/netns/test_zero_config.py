@@ -18,7 +18,7 @@ import httpx
 import pytest
 import torch
 from cluster import write_key
-from helpers import memory_budgets, shared_cache_dir
+from helpers import memory_budgets, shared_cache_dir, stream_completion
 from model_factory import make_tiny_model
 from netns_lab import Lab, available
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -109,24 +109,8 @@ def test_four_daemons_converge_split_answer_and_rebalance_on_join(short_tmp: Pat
                                  for p in (try_status(socks[0]) or {"peers": []})["peers"]), "ns4 to join")
             result: dict[str, object] = {}
 
-            def stream() -> None:
-                text = []
-                try:
-                    with httpx.Client(transport=httpx.HTTPTransport(uds=str(socks[0])), timeout=300) as c:
-                        with c.stream("POST", "http://x/v1/completions",
-                                      json={"prompt": ids, "max_tokens": LONG, "temperature": 0,
-                                            "stream": True}) as r:
-                            for line in r.iter_lines():
-                                if line.startswith("data: {"):
-                                    chunk = json.loads(line[6:])
-                                    assert "error" not in chunk, chunk
-                                    text.extend(c["text"] for c in chunk["choices"])
-                    result["text"] = "".join(text)
-                except BaseException as exc:  # reported below
-                    result["error"] = exc
-                result["done_at"] = time.monotonic()
-
-            worker = threading.Thread(target=stream)
+            body = {"prompt": ids, "max_tokens": LONG, "temperature": 0}
+            worker = threading.Thread(target=stream_completion, args=(socks[0], body, result))
             worker.start()
             rebalanced_at = None
             while worker.is_alive():

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import torch
 from cluster import Cluster
-from helpers import memory_budgets, shared_cache_dir
+from helpers import memory_budgets, shared_cache_dir, stream_completion
 from model_factory import make_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -72,23 +72,8 @@ def test_join_reshuffles_every_span_while_a_generation_streams(short_tmp: Path) 
                  "node3 to join")
         result: dict[str, object] = {}
 
-        def stream() -> None:
-            text = []
-            try:
-                with httpx.Client(transport=httpx.HTTPTransport(uds=str(cluster.daemons[0].sock)),
-                                  timeout=300) as c:
-                    with c.stream("POST", "http://x/v1/completions",
-                                  json={"prompt": ids, "max_tokens": LONG, "temperature": 0, "stream": True}) as r:
-                        for line in r.iter_lines():
-                            if line.startswith("data: {"):
-                                chunk = json.loads(line[6:])
-                                assert "error" not in chunk, chunk
-                                text.extend(c["text"] for c in chunk["choices"])
-                result["text"] = "".join(text)
-            except BaseException as exc:  # reported below
-                result["error"] = exc
-
-        worker = threading.Thread(target=stream)
+        body = {"prompt": ids, "max_tokens": LONG, "temperature": 0}
+        worker = threading.Thread(target=stream_completion, args=(cluster.daemons[0].sock, body, result))
         worker.start()
         seen_transition = False  # some node held an old and a new span at once while the stream ran
         while worker.is_alive():
