@@ -105,6 +105,11 @@ class NetConfig:
     session_idle_s: float = 120.0
     # Prompt positions per prefill chunk sent into the ring (chunks are pipelined across stages).
     prefill_chunk: int = 256
+    # Data-plane failure detection: a decode token later than max(stall_timeout_s, 20 expected steps)
+    # means its chain failed; the entry then replays the session onto another chain, retrying for up to
+    # recovery_timeout_s (0 turns replay off: a failure ends the generation with an error).
+    stall_timeout_s: float = 2.0
+    recovery_timeout_s: float = 10.0
     # Gossip timings: "lan" (probe every 0.5 s) or "local" (0.1 s; loopback test swarms).
     gossip: str = "lan"
     # Placement waits this long after start (to hear its peers) and after the last change of the view

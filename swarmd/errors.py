@@ -14,6 +14,7 @@ class SwarmdError(Exception):
     status = 500
     type = "server_error"
     code = "internal_error"
+    failed_node: str | None = None  # ring errors: the stage that failed, when known
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

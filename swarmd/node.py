@@ -126,6 +126,7 @@ class Node:
         self.api = ApiServer(cfg.api, build_app(cfg.api, self, self.status_document),
                              shutdown_timeout=cfg.drain_timeout_s)
         self._stopped = False
+        self._stop_event: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.discovery: Any = None  # discovery.mdns.MdnsDiscovery while running
 
@@ -133,6 +134,7 @@ class Node:
 
     async def run(self, stop_event: asyncio.Event) -> None:
         self._view_changed = asyncio.Event()
+        self._stop_event = stop_event
         await self.api.start()
         try:
             start = asyncio.create_task(self._start(), name="swarmd-start")
@@ -232,8 +234,9 @@ class Node:
         self.state = NodeState.DRAINING
         self.notifier.stopping()
         self._publish()
-        log.info("shutting down: draining %d session(s) for up to %.0fs", self._active, self.cfg.drain_timeout_s)
-        await self.api.stop()
+        log.info("shutting down: draining %d session(s) here and %d as a stage for up to %.0fs", self._active,
+                 self.host.session_count, self.cfg.drain_timeout_s)
+        await asyncio.gather(self.api.stop(), self._drain_stages(self.cfg.drain_timeout_s))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -244,6 +247,21 @@ class Node:
         await self.host.stop()
         await self.mesh.stop()
         log.info("stopped")
+
+    async def _drain_stages(self, timeout: float) -> None:
+        """Let sessions of other entries finish on this node's stages (no new ones come: health is
+        draining); whatever is left at the timeout is told to its entry, which replays it elsewhere."""
+        deadline = time.monotonic() + timeout
+        # Sessions end in several places (finish, close, error, idle): a short poll beats an event in each.
+        while self.host.session_count and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    def request_drain(self) -> dict[str, object]:
+        """``swarmctl drain``: the SIGTERM path, started from the API (which answers first)."""
+        if self._stop_event is not None:
+            asyncio.get_running_loop().call_later(0.05, self._stop_event.set)
+        return {"status": "draining", "sessions": self._active + self.host.session_count,
+                "timeout_s": self.cfg.drain_timeout_s}
 
     # --- layers: loading, placement, make-before-break ----------------------------------------------
 
@@ -423,10 +441,27 @@ class Node:
                                   rtt.get(peer.node_id, 0.0) / 2, meta.queue, peer.state == "suspect"))
         return out
 
-    def plan(self) -> list[Hop] | None:
+    def plan(self, avoid: frozenset[str] = frozenset()) -> list[Hop] | None:
+        """The best chain now; one without the ``avoid`` nodes when there is such a chain."""
         if self.loaded is None:
             return None
-        return plan_chain(self.holders(), self.loaded.num_layers, prefer=self.node_id)
+        holders = self.holders()
+        if avoid:
+            chain = plan_chain([h for h in holders if h.node_id not in avoid], self.loaded.num_layers,
+                               prefer=self.node_id)
+            if chain is not None:
+                return chain
+        return plan_chain(holders, self.loaded.num_layers, prefer=self.node_id)
+
+    def stall_timeout(self) -> float:
+        """How late a decode token may be before its chain counts as failed: 20 expected steps of the
+        current best chain (gossiped speeds and measured latencies), never under ``stall_timeout_s``."""
+        chain = self.plan()
+        if chain is None:
+            return self.cfg.net.stall_timeout_s
+        cost = {(h.node_id, h.start, h.end): h.cost_s() for h in self.holders()}
+        expected = sum(cost.get((hop.node_id, hop.start, hop.end), 0.0) for hop in chain)
+        return max(self.cfg.net.stall_timeout_s, 20 * expected)
 
     def _dispatch(self, msg: Message, sender: str) -> None:
         if msg.TAG in SWIM_TAGS:
@@ -486,7 +521,8 @@ class Node:
             raise NotReady("the model is still loading")
         net = self.cfg.net
         return Generation(self.entry, request, self._codec.decode, prefill_chunk=net.prefill_chunk,
-                          open_timeout_s=net.open_timeout_s, token_timeout_s=self.cfg.engine.step_timeout_s)
+                          open_timeout_s=net.open_timeout_s, token_timeout_s=self.cfg.engine.step_timeout_s,
+                          stall_timeout_s=self.stall_timeout(), recovery_timeout_s=net.recovery_timeout_s)
 
     def session_started(self) -> None:
         if self._active >= self.cfg.api.max_sessions:

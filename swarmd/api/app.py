@@ -32,6 +32,11 @@ async def swarm_status(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATUS]())
 
 
+async def drain(request: web.Request) -> web.Response:
+    """Start a graceful leave (the same path as SIGTERM); answers at once."""
+    return web.json_response(request.app[openai_routes.BACKEND].request_drain(), status=202)
+
+
 async def not_found(request: web.Request) -> web.Response:
     return json_error(404, f"no route {request.method} {request.path}", code="not_found")
 
@@ -62,6 +67,7 @@ def build_app(cfg: ApiConfig, backend: openai_routes.Backend, status: Callable[[
     app.router.add_post("/v1/completions", openai_routes.completions)
     app.router.add_post("/v1/chat/completions", openai_routes.chat_completions)
     app.router.add_get("/v1/swarm/status", swarm_status)
+    app.router.add_post("/v1/swarm/drain", drain)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
 

@@ -113,6 +113,20 @@ def cmd_chat(sock: str, prompt: str, max_tokens: int | None, temperature: float 
     return EXIT_OK
 
 
+def cmd_drain(sock: str) -> int:
+    try:
+        status, doc = request_json(sock, "POST", "/v1/swarm/drain", {})
+    except OSError as exc:
+        print(f"swarmctl: {sock}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if status != 202:
+        print(f"swarmctl: drain refused ({status}): {doc}", file=sys.stderr)
+        return EXIT_DEGRADED
+    print(f"draining: {doc.get('sessions', 0)} session(s) in flight get up to {doc.get('timeout_s')}s, "
+          "then the node leaves the swarm and exits")
+    return EXIT_OK
+
+
 def cmd_doctor(sock: str) -> int:
     code, doc, err = _status(sock)
     checks = [("socket reachable", doc is not None, err or sock)]
@@ -138,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("keygen", help="print a new swarm key")
     sub.add_parser("peers", help="list known peers")
     sub.add_parser("doctor", help="check the local node")
-    sub.add_parser("drain", help="drain this node (not yet supported by the daemon)")
+    sub.add_parser("drain", help="drain this node: no new sessions, in-flight ones finish or move, then it leaves")
     ban = sub.add_parser("ban", help="ban a node by identity (not yet supported by the daemon)")
     ban.add_argument("node_id")
     return p
@@ -160,8 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     if args.cmd == "doctor":
         return cmd_doctor(sock)
-    print(f"swarmctl: '{args.cmd}' needs a daemon with swarm membership, which this version does not have yet",
-          file=sys.stderr)
+    if args.cmd == "drain":
+        return cmd_drain(sock)
+    print(f"swarmctl: '{args.cmd}' needs node identities, which this version does not have yet", file=sys.stderr)
     return EXIT_DEGRADED
 
 

@@ -18,7 +18,7 @@ from ..wire.messages import Forward, Hop, Message, SessionAccepted, SessionClose
 log = logging.getLogger(__name__)
 
 Send = Callable[..., Awaitable[None]]  # (hop, *messages)
-Planner = Callable[[], list[Hop] | None]
+Planner = Callable[[frozenset[str]], list[Hop] | None]  # nodes to avoid -> chain
 
 
 class StageFailed(SwarmdError):
@@ -33,6 +33,7 @@ def error_from(msg: SessionError) -> SwarmdError:
         exc = CapacityError(f"node {msg.node_id}: {msg.message}")
     else:
         exc = StageFailed(f"node {msg.node_id} failed the session ({msg.code}): {msg.message}")
+    exc.failed_node = msg.node_id
     return exc
 
 
@@ -73,8 +74,9 @@ class RingSession:
         except TimeoutError:
             raise NotReady(f"stages did not accept the session within {timeout}s") from None
 
-    async def feed(self, token_ids: Sequence[int], start_pos: int, chunk: int) -> None:
-        """Send the prompt (or a replayed history) to the first stage in pipelined chunks."""
+    async def feed(self, token_ids: Sequence[int], start_pos: int, chunk: int, step: int = 0) -> None:
+        """Send the prompt (or a replayed history) to the first stage in pipelined chunks; the last chunk
+        samples generation step ``step`` (0 for a prompt, the number of tokens already generated for a replay)."""
         first = self.chain[0]
         pos = start_pos
         end = start_pos + len(token_ids)
@@ -82,7 +84,7 @@ class RingSession:
             n = min(chunk, end - pos)
             last = pos + n == end
             part = tuple(token_ids[pos - start_pos: pos - start_pos + n])
-            await self.entry.send(first, Forward(self.session_id, pos, 0, last, part, None))
+            await self.entry.send(first, Forward(self.session_id, pos, step, last, part, None))
             pos += n
 
     async def next_token(self, timeout: float) -> Token:
@@ -116,8 +118,10 @@ class RingEntry:
         self.planner = planner
         self.sessions: dict[str, RingSession] = {}
 
-    async def open(self, session_id: str, request: GenerationRequest, seed: int, timeout: float) -> RingSession:
-        chain = self.planner()
+    async def open(self, session_id: str, request: GenerationRequest, seed: int, timeout: float,
+                   avoid: frozenset[str] = frozenset()) -> RingSession:
+        """Open a session on the best chain, steering clear of ``avoid`` when another chain exists."""
+        chain = self.planner(avoid)
         if chain is None:
             raise NotReady("no chain of live nodes covers every layer of the model")
         sess = RingSession(self, session_id, chain, request, seed)
@@ -159,6 +163,7 @@ class RingEntry:
         for sess in list(self.sessions.values()):
             if any(h.node_id == node_id for h in sess.chain):
                 err = StageFailed(f"lost the connection to stage {node_id}")
+                err.failed_node = node_id
                 for fut in sess.pending.values():
                     if not fut.done():
                         fut.set_exception(err)

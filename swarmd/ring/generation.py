@@ -2,19 +2,29 @@
 
 The history (prompt plus every sampled token) is what a replacement chain replays to rebuild its KV
 caches after a failure; sampling is seeded per step, so a replayed session draws the same tokens.
+
+Recovery: when a stage fails (its link breaks, it reports an error, or a decode token is later than the
+stall deadline), the generation opens a new session on a chain that avoids the failed node (a replica),
+replays the history as a prefill whose last chunk samples the next step, and goes on; the client sees
+the same tokens it would have seen, none twice. Failures during recovery are retried with backoff until
+``recovery_timeout_s``; then the error reaches the client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
-from ..errors import ProtocolError
+from ..errors import InvalidRequest, ProtocolError, StepTimeout, SwarmdError
 from ..types import FinishReason, GenerationRequest
+from ..wire.messages import Hop
 from .entry import Token
 from .textstream import TextStream
 
@@ -24,13 +34,27 @@ log = logging.getLogger(__name__)
 class TokenSource(Protocol):
     """An open ring session as the generation sees it."""
 
-    async def feed(self, token_ids: Sequence[int], start_pos: int, chunk: int) -> None: ...
+    chain: list[Hop]
+
+    async def feed(self, token_ids: Sequence[int], start_pos: int, chunk: int, step: int = 0) -> None: ...
     async def next_token(self, timeout: float) -> Token: ...
     async def close(self, reason: str) -> None: ...
 
 
 class Opener(Protocol):
-    async def open(self, session_id: str, request: GenerationRequest, seed: int, timeout: float) -> TokenSource: ...
+    async def open(self, session_id: str, request: GenerationRequest, seed: int, timeout: float,
+                   avoid: frozenset[str] = ...) -> TokenSource: ...
+
+
+@dataclass
+class Recovery:
+    """One replay, for the log and the status document."""
+
+    at_step: int
+    failed_node: str | None
+    reason: str
+    seconds: float  # from the failure until the replacement chain was fed
+    attempts: int
 
 
 class Generation:
@@ -42,6 +66,7 @@ class Generation:
     def __init__(
         self, opener: Opener, request: GenerationRequest, decode: Callable[[Sequence[int]], str], *,
         prefill_chunk: int = 256, open_timeout_s: float = 10.0, token_timeout_s: float = 120.0,
+        stall_timeout_s: float | None = None, recovery_timeout_s: float = 0.0,
     ) -> None:
         self.opener = opener
         self.request = request
@@ -51,8 +76,11 @@ class Generation:
         self.text = TextStream(decode, request.stop)
         self.prefill_chunk = max(1, prefill_chunk)
         self.open_timeout_s = open_timeout_s
-        self.token_timeout_s = token_timeout_s
+        self.token_timeout_s = token_timeout_s  # the first token after a (re)fed prefill
+        self.stall_timeout_s = stall_timeout_s or token_timeout_s  # every later token
+        self.recovery_timeout_s = recovery_timeout_s  # 0: no recovery, a failure ends the generation
         self.finish_reason: FinishReason | None = None
+        self.recoveries: list[Recovery] = []
         self._ring: TokenSource | None = None
 
     @property
@@ -77,10 +105,22 @@ class Generation:
     async def stream(self) -> AsyncIterator[str]:
         """Yield text deltas until a stop token, a stop string or ``max_tokens``."""
         assert self._ring is not None, "use 'async with'"
-        ring, req = self._ring, self.request
-        await ring.feed(req.prompt_ids, 0, self.prefill_chunk)
+        req = self.request
+        fresh = True  # the next token follows a prefill (allowed the longer timeout)
+        try:
+            await self._ring.feed(req.prompt_ids, 0, self.prefill_chunk)
+        except SwarmdError as exc:
+            await self._recover(exc, 0)
         for step in range(req.max_tokens):
-            tok = await ring.next_token(self.token_timeout_s)
+            while True:
+                try:
+                    assert self._ring is not None
+                    tok = await self._ring.next_token(self.token_timeout_s if fresh else self.stall_timeout_s)
+                    fresh = False
+                    break
+                except SwarmdError as exc:
+                    await self._recover(exc, step)
+                    fresh = True
             if tok.step != step:
                 raise ProtocolError(f"ring sent step {tok.step} while step {step} was due")
             token = tok.token
@@ -99,6 +139,50 @@ class Generation:
         tail = self.text.flush()
         if tail:
             yield tail
+
+    async def _recover(self, exc: SwarmdError, step: int) -> None:
+        """Replace the failed session: a new chain avoiding the failed node, the history replayed so
+        that its last chunk samples ``step``. Raises ``exc`` (or the last error) when recovery is off,
+        the error cannot be helped by another chain, or ``recovery_timeout_s`` has passed."""
+        if self.recovery_timeout_s <= 0 or isinstance(exc, (InvalidRequest, ProtocolError)):
+            raise exc
+        started = time.monotonic()
+        deadline = started + self.recovery_timeout_s
+        old, self._ring = self._ring, None
+        avoid = {exc.failed_node} if exc.failed_node else set()
+        if isinstance(exc, StepTimeout) and old is not None:  # we cannot tell which stage stalled
+            avoid |= {h.node_id for h in old.chain}
+        if old is not None:
+            asyncio.ensure_future(old.close("replaced"))  # best effort; a dead stage never answers
+        log.warning("session %s failed at step %d (%s): replaying %d tokens onto another chain",
+                    self.session_id[:8], step, exc.message, len(self.history))
+        attempt, delay, last = 0, 0.05, exc
+        while True:
+            attempt += 1
+            sid = uuid.uuid4().hex
+            try:
+                ring = await self.opener.open(sid, self.request, self.seed,
+                                              min(self.open_timeout_s, max(0.1, deadline - time.monotonic())),
+                                              avoid=frozenset(avoid))
+                self._ring = ring
+                await ring.feed(self.history, 0, self.prefill_chunk, step)
+                self.session_id = sid
+                rec = Recovery(step, exc.failed_node, exc.message, time.monotonic() - started, attempt)
+                self.recoveries.append(rec)
+                log.info("session replayed onto %s in %.3fs (%d attempt(s))", [h.node_id for h in ring.chain],
+                         rec.seconds, attempt)
+                return
+            except SwarmdError as err:
+                last = err
+                if err.failed_node:
+                    avoid.add(err.failed_node)
+                ring_now, self._ring = self._ring, None
+                if ring_now is not None:
+                    asyncio.ensure_future(ring_now.close("replay failed"))
+            if time.monotonic() + delay > deadline:
+                raise last
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def run(self) -> str:
         """Generate to the end and return the whole text."""

@@ -1,0 +1,133 @@
+"""ring/generation.py: a failed session is replayed onto another chain; the client sees every token once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from swarmd.errors import NotReady, StepTimeout, SwarmdError
+from swarmd.ring.entry import StageFailed, Token
+from swarmd.ring.generation import Generation
+from swarmd.types import GenerationRequest, SamplingParams
+from swarmd.wire.messages import Hop
+
+PROMPT = [5, 6, 7]
+
+
+def token_at(step: int) -> int:
+    return 10 + (step * 7) % 50  # what any healthy chain samples at ``step`` (deterministic, like the ring)
+
+
+class FakeRing:
+    def __init__(self, world: World, chain: list[Hop]) -> None:
+        self.world = world
+        self.chain = chain
+        self.next_step: int | None = None
+        self.closed = ""
+        self.fed: tuple[list[int], int] | None = None
+
+    async def feed(self, token_ids: Sequence[int], start_pos: int, chunk: int, step: int = 0) -> None:
+        assert start_pos == 0
+        self.fed = (list(token_ids), step)
+        self.next_step = step
+
+    async def next_token(self, timeout: float) -> Token:
+        assert self.next_step is not None
+        step = self.next_step
+        fail = self.world.fail_at.pop(step, None) if self.chain[-1].node_id in self.world.flaky else None
+        if fail == "timeout":
+            raise StepTimeout("no token")
+        if fail is not None:
+            err = StageFailed(f"lost {fail}")
+            err.failed_node = fail
+            raise err
+        self.next_step = step + 1
+        await asyncio.sleep(0)
+        return Token(step, token_at(step), False)
+
+    async def close(self, reason: str) -> None:
+        self.closed = reason
+
+
+class World:
+    """Chains a..b (flaky last stage b) and a..c (healthy replica c)."""
+
+    def __init__(self, fail_at: dict[int, str], open_failures: int = 0) -> None:
+        self.fail_at = fail_at
+        self.flaky = {"b"}
+        self.open_failures = open_failures
+        self.opened: list[tuple[frozenset[str], FakeRing]] = []
+
+    async def open(self, session_id: str, request: GenerationRequest, seed: int, timeout: float,
+                   avoid: frozenset[str] = frozenset()) -> FakeRing:
+        if self.open_failures:
+            self.open_failures -= 1
+            raise NotReady("no chain yet")
+        last = "c" if "b" in avoid else "b"
+        ring = FakeRing(self, [Hop("a", "", 0, 2), Hop(last, "", 2, 4)])
+        self.opened.append((avoid, ring))
+        return ring
+
+
+def request(n: int) -> GenerationRequest:
+    return GenerationRequest(tuple(PROMPT), n, SamplingParams(0.0, 1.0, 0, 1))
+
+
+async def run(world: World, n: int, recovery: float = 5.0) -> tuple[list[int], Generation]:
+    gen = Generation(world, request(n), lambda ids: "".join(chr(65 + i % 26) for i in ids),
+                     recovery_timeout_s=recovery)
+    async with gen:
+        async for _ in gen.stream():
+            pass
+    return gen.history[len(PROMPT):], gen
+
+
+async def test_replay_after_a_lost_stage_gives_every_token_once() -> None:
+    world = World({6: "b"})
+    tokens, gen = await run(world, 12)
+    assert tokens == [token_at(s) for s in range(12)]
+    (avoid0, first), (avoid1, second) = world.opened
+    assert avoid0 == frozenset() and avoid1 == {"b"} and second.chain[-1].node_id == "c"
+    assert first.closed == "replaced"
+    assert second.fed == (PROMPT + [token_at(s) for s in range(6)], 6)  # history replayed, step 6 sampled next
+    assert len(gen.recoveries) == 1 and gen.recoveries[0].at_step == 6 and gen.recoveries[0].failed_node == "b"
+
+
+async def test_failure_in_the_first_token_replays_the_prompt_alone() -> None:
+    world = World({0: "b"})
+    tokens, _ = await run(world, 4)
+    assert tokens == [token_at(s) for s in range(4)]
+    assert world.opened[1][1].fed == (PROMPT, 0)
+
+
+async def test_stall_avoids_every_node_of_the_old_chain() -> None:
+    world = World({3: "timeout"})
+    tokens, _ = await run(world, 6)
+    assert tokens == [token_at(s) for s in range(6)]
+    assert world.opened[1][0] == {"a", "b"}
+
+
+async def test_open_failures_during_recovery_are_retried_with_backoff() -> None:
+    world = World({2: "b"})
+    gen = Generation(world, request(5), lambda ids: "", recovery_timeout_s=5.0)
+    async with gen:
+        world.open_failures = 3  # the next three opens fail
+        async for _ in gen.stream():
+            pass
+    assert gen.history[len(PROMPT):] == [token_at(s) for s in range(5)]
+    assert gen.recoveries[0].attempts == 4
+
+
+async def test_no_recovery_when_it_is_off_or_hopeless() -> None:
+    with pytest.raises(StageFailed):
+        await run(World({1: "b"}), 4, recovery=0.0)
+    world = World({1: "b"})
+    gen = Generation(world, request(4), lambda ids: "", recovery_timeout_s=0.3)
+    with pytest.raises(SwarmdError) as info:
+        async with gen:
+            world.open_failures = 10_000
+            async for _ in gen.stream():
+                pass
+    assert isinstance(info.value, NotReady)  # the last error, after the recovery timeout
