@@ -82,6 +82,8 @@ def main() -> int:
             for _ in range(args.repeats):
                 cluster.wait_healthy(60)
                 with httpx.Client(transport=httpx.HTTPTransport(uds=str(entry.sock)), timeout=5) as c:
+                    while c.get("http://x/v1/swarm/status").json()["layer_replicas"]["min"] < 2:
+                        time.sleep(0.1)  # the node killed last time is back as a standby
                     ring = c.get("http://x/v1/swarm/status").json()["ring"]
                 victim = next(d for d in cluster.daemons if d.name == ring[-1])
                 clean = stream(entry.sock, ids, args.tokens, None, 0)

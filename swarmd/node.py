@@ -192,7 +192,7 @@ class Node:
         self.entry.self_hop = Hop(self.node_id, self.swim_addr, 0, 0)
         swim_cfg = SwimConfig.local() if self.cfg.net.gossip == "local" else SwimConfig.lan()
         swim = Swim(self.node_id, self.swim_addr, swim_cfg, meta=encode_meta(self._meta()))
-        self.membership = Membership(swim, self.mesh.post, self._on_member, connect=self.mesh.link)
+        self.membership = Membership(swim, self.mesh.post, self._on_member, connect=self.mesh.connect)
         self.membership.start(self.cfg.net.peers)
         await self._start_discovery()
 
@@ -399,7 +399,9 @@ class Node:
         m = change.member
         if change.removed or m.state in ("dead", "left"):
             self.entry.peer_lost(m.node_id)
-            self._spawn(self.mesh.forget(m.addr))
+            stale = self.mesh.forget(m.addr)
+            if stale is not None:
+                self._spawn(stale.stop())
         if change.previous is None and m.state == "alive":
             log.info("member %s joined at %s", m.node_id, m.addr)
         elif change.previous != m.state:

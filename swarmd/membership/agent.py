@@ -65,7 +65,7 @@ async def run(args: argparse.Namespace) -> None:
     meta = NodeMeta("0.1.0", PROTOCOL_VERSION, "smollm2-135m-instruct", 30, "cpu", 8 << 30, 4, 0.0012,
                     (SpanState(0, 15, "serving"),), 0, 0, "serving", False)
     membership = Membership(Swim(args.node_id, addr, swim_cfg, meta=encode_meta(meta)), mesh.post, changed,
-                            connect=mesh.link)
+                            connect=mesh.connect)
     membership.start(cfg.peers)
     emit("ready", addr=addr, node_id=args.node_id)
     stop = asyncio.Event()

@@ -74,13 +74,17 @@ class Mesh:
             return
         self.link(addr).post(msg)
 
-    async def forget(self, addr: str) -> None:
-        """Close and remove the link to an address (its member is dead or left); seeds are kept."""
+    def forget(self, addr: str) -> PeerLink | None:
+        """Remove the link to an address at once (its member is dead or left; seeds are kept); the caller
+        stops the returned link. A later ``link``/``connect`` starts afresh."""
         if addr in self.cfg.peers:
-            return
-        link = self.links.pop(addr, None)
-        if link is not None:
-            await link.stop()
+            return None
+        return self.links.pop(addr, None)
+
+    def connect(self, addr: str) -> None:
+        """A member at ``addr`` is (again) alive: have a link up soon, skipping any reconnect backoff."""
+        if addr not in (self.advertised, self.cfg.listen):
+            self.link(addr).kick()
 
     async def send(self, hop: Hop, *msgs: Message) -> None:
         """Deliver messages to a hop, in order, in one write when it is remote."""
@@ -90,6 +94,8 @@ class Mesh:
             return
         # The address membership knows for that node id (it may have moved) beats the one in the hop.
         link = self.link(self.resolve(hop.node_id) or hop.addr)
+        if link.failing:  # broken and not back yet: fail fast, the entry replays elsewhere
+            raise PeerUnavailable(f"no connection to {hop.node_id} at {link.addr} ({link.last_error})")
         if not link.up and not await link.wait_up(self.cfg.connect_timeout_s):
             raise PeerUnavailable(f"no connection to {hop.node_id} at {link.addr} ({link.last_error or link.state})")
         if link.node_id != hop.node_id:

@@ -58,6 +58,12 @@ class PeerLink:
         self._pending: collections.deque[tuple[float, Message]] = collections.deque(maxlen=PENDING_LIMIT)
         self.sent_bytes = 0  # encoded bytes handed to this link's connections (frames, before sealing)
         self._failed = False  # the last attempt failed and no connection came up since
+        self._kick = asyncio.Event()  # cuts a reconnect backoff short
+
+    def kick(self) -> None:
+        """Reconnect now if the link is waiting out a backoff (the peer is known to be back)."""
+        self.start()
+        self._kick.set()
 
     def start(self) -> None:
         if self._task is None and self.state != "self":
@@ -148,8 +154,13 @@ class PeerLink:
                 log.log(logging.WARNING if isinstance(exc, ProtocolError) else logging.DEBUG,
                         "link to %s down: %s", self.addr, self.last_error)
             await self._teardown()
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, self.cfg.reconnect_max_s)
+            self._kick.clear()
+            try:
+                async with asyncio.timeout(delay * (0.5 + random.random())):
+                    await self._kick.wait()
+                delay = self.cfg.reconnect_min_s  # kicked: the peer is back, start the backoff afresh
+            except TimeoutError:
+                delay = min(delay * 2, self.cfg.reconnect_max_s)
 
     async def _teardown(self) -> None:
         was_up = self.state == "up"

@@ -43,6 +43,10 @@ def test_kill_9_of_a_stage_mid_stream_loses_nothing(short_tmp: Path) -> None:
         entry = cluster.daemons[0]
         for run in range(runs):
             cluster.wait_healthy(60)
+            deadline = time.monotonic() + 60
+            while status(entry.sock)["layer_replicas"]["min"] < 2:  # the restarted node is back as a standby
+                assert time.monotonic() < deadline, cluster.logs()
+                time.sleep(0.1)
             ring = status(entry.sock)["ring"]
             victim = next(d for d in cluster.daemons if d.name == ring[-1] and d is not entry)
             pieces: list[str] = []
