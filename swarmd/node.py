@@ -121,6 +121,8 @@ class Node:
         self._last_view_change = 0.0
         self._published_load: tuple[int, int] = (0, 0)
         self._active = 0
+        self.replays = 0  # generations this entry replayed onto another chain
+        self.last_replay: dict[str, Any] | None = None
         self._started = time.monotonic()
         self._load_progress = "starting"
         self.api = ApiServer(cfg.api, build_app(cfg.api, self, self.status_document),
@@ -524,7 +526,13 @@ class Node:
         net = self.cfg.net
         return Generation(self.entry, request, self._codec.decode, prefill_chunk=net.prefill_chunk,
                           open_timeout_s=net.open_timeout_s, token_timeout_s=self.cfg.engine.step_timeout_s,
-                          stall_timeout_s=self.stall_timeout(), recovery_timeout_s=net.recovery_timeout_s)
+                          stall_timeout_s=self.stall_timeout(), recovery_timeout_s=net.recovery_timeout_s,
+                          on_recovery=self._recovered)
+
+    def _recovered(self, rec: Any) -> None:
+        self.replays += 1
+        self.last_replay = {"at_step": rec.at_step, "failed_node": rec.failed_node, "reason": rec.reason,
+                            "seconds": round(rec.seconds, 4), "attempts": rec.attempts}
 
     def session_started(self) -> None:
         if self._active >= self.cfg.api.max_sessions:

@@ -100,6 +100,7 @@ def status_document(node: Node) -> dict[str, Any]:
         "uptime_s": round(time.monotonic() - node._started, 1),
         "loading": node._load_progress if node.state == NodeState.STARTING else None,
         "rejected_connections": dict(node.mesh.server.rejected),
+        "failover": {"replays": node.replays, "last": node.last_replay},
         "placement": {
             "mode": "pinned" if node.pinned else "auto",
             "target": (list(t) if (t := plan.spans.get(node.node_id)) else None) if plan else None,

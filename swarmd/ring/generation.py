@@ -67,6 +67,7 @@ class Generation:
         self, opener: Opener, request: GenerationRequest, decode: Callable[[Sequence[int]], str], *,
         prefill_chunk: int = 256, open_timeout_s: float = 10.0, token_timeout_s: float = 120.0,
         stall_timeout_s: float | None = None, recovery_timeout_s: float = 0.0,
+        on_recovery: Callable[[Recovery], None] | None = None,
     ) -> None:
         self.opener = opener
         self.request = request
@@ -81,6 +82,7 @@ class Generation:
         self.recovery_timeout_s = recovery_timeout_s  # 0: no recovery, a failure ends the generation
         self.finish_reason: FinishReason | None = None
         self.recoveries: list[Recovery] = []
+        self._on_recovery = on_recovery
         self._ring: TokenSource | None = None
 
     @property
@@ -169,6 +171,8 @@ class Generation:
                 self.session_id = sid
                 rec = Recovery(step, exc.failed_node, exc.message, time.monotonic() - started, attempt)
                 self.recoveries.append(rec)
+                if self._on_recovery is not None:
+                    self._on_recovery(rec)
                 log.info("session replayed onto %s in %.3fs (%d attempt(s))", [h.node_id for h in ring.chain],
                          rec.seconds, attempt)
                 return

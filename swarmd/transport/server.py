@@ -27,6 +27,7 @@ class PeerServer:
         self._conns: dict[asyncio.Task[None], Connection] = {}
         self.address: tuple[str, int] | None = None
         self.rejected: dict[str, int] = {}  # reason -> count, for status and metrics
+        self._stopping = False
 
     async def start(self) -> None:
         host, port = parse_hostport(self.cfg.listen)
@@ -52,6 +53,10 @@ class PeerServer:
             await conn.server_handshake(self.keyring)
             await self.handler(conn)
         except asyncio.CancelledError:
+            if self._stopping:
+                # stop() cancelled us: end normally, or Python 3.11's start_server callback logs the
+                # cancellation as an error (it calls task.exception() on a cancelled task).
+                return
             raise
         except Exception as exc:  # a peer's bad input: drop this connection only
             reason = describe_error(exc)
@@ -63,6 +68,7 @@ class PeerServer:
             await conn.aclose()
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._server is not None:
             self._server.close()
         tasks = list(self._conns)

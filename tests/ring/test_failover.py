@@ -77,3 +77,50 @@ def test_kill_9_of_a_stage_mid_stream_loses_nothing(short_tmp: Path) -> None:
               f"max {max(pauses) * 1000:.0f} ms, all {[round(p * 1000) for p in pauses]} ms")
     finally:
         cluster.stop()
+
+
+def test_drain_of_a_stage_mid_stream_moves_its_session_and_leaves(short_tmp: Path) -> None:
+    """``swarmctl drain`` on a stage of a streaming chain: no new sessions go to it, the stream outlives the
+    drain timeout (the stage hands the session back, the entry replays it on the replica) with exactly
+    the tokens of ``generate``; the drained daemon leaves (others list it as left) and exits 0."""
+    import subprocess
+    import sys
+    import threading
+
+    from helpers import stream_completion
+
+    model = make_tiny_model(short_tmp / "m4", "llama", layers=4, context=2048, never_eos=True)
+    tok = AutoTokenizer.from_pretrained(model)
+    ids = tok(PROMPT)["input_ids"]
+    n = 1500
+    ref = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    want = tok.decode(ref.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)[0, len(ids):].tolist(),
+                      skip_special_tokens=True)
+    cluster = Cluster(short_tmp, str(model), ["0:2", "0:2", "2:4", "2:4"], shared_cache_dir(),
+                      extra=["--gossip", "local", "--drain-timeout", "1.5"]).start()
+    try:
+        entry = cluster.daemons[0]
+        deadline = time.monotonic() + 60
+        while status(entry.sock)["layer_replicas"]["min"] < 2:
+            assert time.monotonic() < deadline, cluster.logs()
+            time.sleep(0.1)
+        victim = next(d for d in cluster.daemons if d.name == status(entry.sock)["ring"][-1])
+        result: dict[str, object] = {}
+        worker = threading.Thread(target=stream_completion,
+                                  args=(entry.sock, {"prompt": ids, "max_tokens": n, "temperature": 0}, result))
+        worker.start()
+        time.sleep(1.0)
+        drained = subprocess.run([sys.executable, "-m", "swarmd.cli.swarmctl", "--socket", str(victim.sock), "drain"],
+                                 capture_output=True, text=True, timeout=30)
+        assert drained.returncode == 0 and "draining" in drained.stdout, drained
+        worker.join(300)
+        assert "error" not in result, (result, cluster.logs())
+        assert result["text"] == want, cluster.logs()
+        replays = status(entry.sock)["failover"]
+        assert replays["replays"] == 1 and replays["last"]["failed_node"] == victim.name, replays
+        assert victim.proc is not None and victim.proc.wait(30) == 0
+        # It announced its leave (never declared dead); its tombstone may already be gone (5 s with --gossip local).
+        assert f"member {victim.name} is left" in entry.log.read_text(), cluster.logs()
+        assert not [p for p in status(entry.sock)["peers"] if p["node_id"] == victim.name and p["state"] != "left"]
+    finally:
+        cluster.stop()
