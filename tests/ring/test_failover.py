@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from cluster import Cluster
+from cluster import Cluster, Daemon
 from helpers import shared_cache_dir
 from model_factory import make_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -27,6 +27,14 @@ TOKENS, KILL_AT = 200, 100
 def status(sock: Path) -> dict:  # type: ignore[type-arg]
     with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=5) as c:
         return c.get("http://x/v1/swarm/status").json()  # type: ignore[no-any-return]
+
+
+def wait_replicated(cluster: Cluster, entry: Daemon, timeout: float = 60) -> None:
+    """Until the entry sees every layer held twice (both replicas routable)."""
+    deadline = time.monotonic() + timeout
+    while status(entry.sock)["layer_replicas"]["min"] < 2:
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.1)
 
 
 def test_kill_9_of_a_stage_mid_stream_loses_nothing(short_tmp: Path) -> None:
@@ -43,10 +51,7 @@ def test_kill_9_of_a_stage_mid_stream_loses_nothing(short_tmp: Path) -> None:
         entry = cluster.daemons[0]
         for run in range(runs):
             cluster.wait_healthy(60)
-            deadline = time.monotonic() + 60
-            while status(entry.sock)["layer_replicas"]["min"] < 2:  # the restarted node is back as a standby
-                assert time.monotonic() < deadline, cluster.logs()
-                time.sleep(0.1)
+            wait_replicated(cluster, entry)  # the node killed last run is back as a standby
             ring = status(entry.sock)["ring"]
             victim = next(d for d in cluster.daemons if d.name == ring[-1] and d is not entry)
             pieces: list[str] = []
@@ -100,10 +105,7 @@ def test_drain_of_a_stage_mid_stream_moves_its_session_and_leaves(short_tmp: Pat
                       extra=["--gossip", "local", "--drain-timeout", "1.5"]).start()
     try:
         entry = cluster.daemons[0]
-        deadline = time.monotonic() + 60
-        while status(entry.sock)["layer_replicas"]["min"] < 2:
-            assert time.monotonic() < deadline, cluster.logs()
-            time.sleep(0.1)
+        wait_replicated(cluster, entry)
         victim = next(d for d in cluster.daemons if d.name == status(entry.sock)["ring"][-1])
         result: dict[str, object] = {}
         worker = threading.Thread(target=stream_completion,
@@ -123,4 +125,45 @@ def test_drain_of_a_stage_mid_stream_moves_its_session_and_leaves(short_tmp: Pat
         assert f"member {victim.name} is left" in entry.log.read_text(), cluster.logs()
         assert not [p for p in status(entry.sock)["peers"] if p["node_id"] == victim.name and p["state"] != "left"]
     finally:
+        cluster.stop()
+
+
+def test_sigstop_of_a_stage_for_3s_replays_without_evicting_it(short_tmp: Path) -> None:
+    """A stage frozen for 3 s (SIGSTOP) stalls the stream: the entry replays onto the replica after the
+    stall timeout, the output is exactly ``generate``'s, and gossip (LAN timings) never declares the frozen
+    node dead: it refutes the suspicion when it wakes."""
+    model = make_tiny_model(short_tmp / "m4", "llama", layers=4, never_eos=True)
+    tok = AutoTokenizer.from_pretrained(model)
+    ids = tok(PROMPT)["input_ids"]
+    ref = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    want = tok.decode(ref.generate(torch.tensor([ids]), max_new_tokens=300, do_sample=False)[0, len(ids):].tolist(),
+                      skip_special_tokens=True)
+    cluster = Cluster(short_tmp, str(model), ["0:2", "0:2", "2:4", "2:4"], shared_cache_dir()).start()
+    try:
+        entry = cluster.daemons[0]
+        wait_replicated(cluster, entry)
+        victim = next(d for d in cluster.daemons if d.name == status(entry.sock)["ring"][-1] and d is not entry)
+        pieces: list[str] = []
+        body = {"prompt": ids, "max_tokens": 300, "temperature": 0, "stream": True}
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(entry.sock)), timeout=120) as c:
+            with c.stream("POST", "http://x/v1/completions", json=body) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: {"):
+                        chunk = json.loads(line[6:])
+                        assert "error" not in chunk, (chunk, cluster.logs())
+                        pieces.extend(choice["text"] for choice in chunk["choices"])
+                        if len(pieces) == 100:
+                            victim.signal(signal.SIGSTOP)
+                            stopped_at = time.monotonic()
+        assert "".join(pieces) == want, cluster.logs()
+        time.sleep(max(0.0, stopped_at + 3.0 - time.monotonic()))
+        victim.signal(signal.SIGCONT)
+        time.sleep(6.0)  # past any suspicion timeout: a wrong verdict would have been reached by now
+        for d in cluster.daemons:
+            assert f"member {victim.name} is dead" not in d.log.read_text(), (d.name, cluster.logs())
+        assert status(entry.sock)["failover"]["replays"] == 1
+        assert [p["state"] for p in status(entry.sock)["peers"] if p["node_id"] == victim.name] == ["alive"]
+    finally:
+        for d in cluster.daemons:
+            d.signal(signal.SIGCONT)
         cluster.stop()
