@@ -15,11 +15,12 @@ from .api.app import ApiServer, build_app
 from .config import NodeConfig, parse_hostport
 from .errors import CapacityError, ConfigError, NotReady
 from .membership.placement import PlacementConfig, Plan, place
-from .membership.rebalance import Action, capacity_of, model_shape, next_action
+from .membership.rebalance import capacity_of, model_shape
 from .membership.service import Membership
 from .membership.swim import MemberChanged, Swim
 from .membership.swim_config import SwimConfig
 from .membership.view import SwarmView
+from .placer import Placer
 from .ring.entry import RingEntry
 from .ring.generation import Generation
 from .ring.router import Holder, plan_chain
@@ -116,9 +117,7 @@ class Node:
         self.view = SwarmView(self.node_id)
         self.membership: Membership | None = None
         self.swim_addr = ""
-        self.last_plan: Plan | None = None
-        self._view_changed: asyncio.Event | None = None
-        self._last_view_change = 0.0
+        self.placer: Placer | None = None  # once the model's shape is known
         self._published_load: tuple[int, int] = (0, 0)
         self._active = 0
         self.replays = 0  # generations this entry replayed onto another chain
@@ -135,7 +134,6 @@ class Node:
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def run(self, stop_event: asyncio.Event) -> None:
-        self._view_changed = asyncio.Event()
         self._stop_event = stop_event
         await self.api.start()
         try:
@@ -149,8 +147,8 @@ class Node:
                 self.notifier.ready(f"serving {self.model_name}")
                 log.info("node %s serving %s; api %s, peers on %s", self.node_id, self.model_name,
                          self.cfg.api.socket, self.swim_addr)
-                if not self.pinned:
-                    self._own(self._placement_loop(), "placement")
+                if not self.pinned and self.placer is not None:
+                    self._own(self.placer.run(), "placement")
                 self._own(self._load_reporter(), "load-reporter")
                 await stopper
             else:
@@ -178,6 +176,8 @@ class Node:
         self.profile = await asyncio.to_thread(profile_model, loaded.config, self.cfg.engine)
         if self.memory_budget is None:
             self.memory_budget = await asyncio.to_thread(default_memory_budget, self.cfg.engine.device)
+        self.placer = Placer(self.node_id, self.host, loaded.num_layers, self.cfg.net.settle_s, self._plan,
+                             self.holders, self._load_span, self._publish, lambda: self.accepting)
         if span is not None:
             await self._load_span((span.start, span.end))
         await self._join()
@@ -204,9 +204,8 @@ class Node:
         if self.cfg.net.peers or self.discovery is not None:
             self._load_progress = "joining"
             await asyncio.sleep(self.cfg.net.settle_s)
-        for _ in range(4):  # load the target; an old span cannot exist yet, so this ends quickly
-            if not await self._rebalance_step():
-                break
+        assert self.placer is not None
+        await self.placer.first()
 
     async def _start_discovery(self) -> None:
         """mDNS proposes peers of the same swarm (by key id); gossip and the handshake decide."""
@@ -311,66 +310,6 @@ class Node:
             log.warning("placement skipped: %s", exc)
             return None
 
-    async def _rebalance_step(self) -> bool:
-        """Take one step towards this node's part of the plan; True when something was done."""
-        plan = self._plan()
-        if plan is None or self.node_id not in plan.spans:
-            return False
-        self.last_plan = plan
-        target = plan.spans[self.node_id] if self.accepting else None
-        slots = {span: slot.state for span, slot in self.host.slots.items()}
-
-        def drained(span: Span) -> bool:
-            # A rebalance is in no hurry: in-flight sessions finish on the old span (they are bounded by
-            # max_tokens and the idle sweep); only its memory waits.
-            return self.host.sessions(span) == 0
-
-        action = next_action(target, slots, self._covered_without, drained)
-        if action is None:
-            return False
-        await self._act(action)
-        return True
-
-    async def _act(self, action: Action) -> None:
-        span = action.span
-        log.info("placement: %s layers [%d, %d)", action.kind, *span)
-        if action.kind == "load":
-            await self._load_span(span)
-        elif action.kind == "serve":
-            self.host.slots[span].state = "serving"
-        elif action.kind == "drain":
-            self.host.drain(span)
-        elif action.kind == "drop":
-            await self.host.drop(span)
-        self._publish()
-
-    def _covered_without(self, span: Span) -> bool:
-        holders = [h for h in self.holders() if not (h.node_id == self.node_id and (h.start, h.end) == span)]
-        return plan_chain(holders, self.loaded.num_layers) is not None
-
-    async def _placement_loop(self) -> None:
-        """Re-plan when the view changes (after it settled) and every second while a move is under way."""
-        assert self._view_changed is not None
-        while True:
-            try:
-                async with asyncio.timeout(1.0):
-                    await self._view_changed.wait()
-            except TimeoutError:
-                pass
-            self._view_changed.clear()
-            quiet = time.monotonic() - self._last_view_change
-            if quiet < self.cfg.net.settle_s:
-                await asyncio.sleep(self.cfg.net.settle_s - quiet)
-                continue
-            try:
-                while await self._rebalance_step():
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a failed load is retried at the next round
-                log.exception("placement step failed")
-                await asyncio.sleep(self.cfg.net.settle_s)
-
     # --- membership ------------------------------------------------------------------------------------
 
     def _meta(self) -> NodeMeta:
@@ -408,9 +347,8 @@ class Node:
             log.info("member %s joined at %s", m.node_id, m.addr)
         elif change.previous != m.state:
             log.info("member %s is %s", m.node_id, "removed" if change.removed else m.state)
-        self._last_view_change = time.monotonic()
-        if self._view_changed is not None:
-            self._view_changed.set()
+        if self.placer is not None:
+            self.placer.view_changed()
 
     def _resolve(self, node_id: str) -> str | None:
         peer = self.view.peers.get(node_id)
@@ -460,10 +398,11 @@ class Node:
     def stall_timeout(self) -> float:
         """How late a decode token may be before its chain counts as failed: 20 expected steps of the
         current best chain (gossiped speeds and measured latencies), never under ``stall_timeout_s``."""
-        chain = self.plan()
+        holders = self.holders()
+        chain = plan_chain(holders, self.loaded.num_layers, prefer=self.node_id) if self.loaded is not None else None
         if chain is None:
             return self.cfg.net.stall_timeout_s
-        cost = {(h.node_id, h.start, h.end): h.cost_s() for h in self.holders()}
+        cost = {(h.node_id, h.start, h.end): h.cost_s() for h in holders}
         expected = sum(cost.get((hop.node_id, hop.start, hop.end), 0.0) for hop in chain)
         return max(self.cfg.net.stall_timeout_s, 20 * expected)
 

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .ring.router import coverage
+from .ring.router import Holder, coverage, plan_chain
 from .transport.connection import WIRE_BYTES
 from .types import NodeState
 
@@ -58,23 +58,24 @@ def _peers(node: Node) -> list[dict[str, Any]]:
     return out
 
 
-def _layer_replicas(node: Node) -> list[int]:
-    n = node.loaded.num_layers if node.loaded is not None else 0
-    counts = [0] * n
-    for h in node.holders():
-        for layer in range(h.start, min(h.end, n)):
+def _layer_replicas(holders: list[Holder], num_layers: int) -> list[int]:
+    counts = [0] * num_layers
+    for h in holders:
+        for layer in range(h.start, min(h.end, num_layers)):
             counts[layer] += 1
     return counts
 
 
 def status_document(node: Node) -> dict[str, Any]:
-    chain = node.plan() if node.loaded is not None else None
+    num_layers = node.loaded.num_layers if node.loaded is not None else 0
+    holders = node.holders()
+    chain = plan_chain(holders, num_layers, prefer=node.node_id) if node.loaded is not None else None
     state = node.state
     if state == NodeState.SERVING and chain is None:
         state = NodeState.DEGRADED
     span = node.span
-    replicas = _layer_replicas(node)
-    plan = node.last_plan
+    replicas = _layer_replicas(holders, num_layers)
+    plan = node.placer.last_plan if node.placer is not None else None
     ms = node.membership
     doc: dict[str, Any] = {
         "node_id": node.node_id,
@@ -87,7 +88,7 @@ def status_document(node: Node) -> dict[str, Any]:
         "spans": [{"layers": list(s.span), "state": s.state, "sessions": node.host.sessions(s.span)}
                   for s in node.host.slots.values()],
         "peers": _peers(node),
-        "coverage": coverage(node.holders()),
+        "coverage": coverage(holders),
         "layer_replicas": {"min": min(replicas, default=0), "per_layer": replicas},
         "ring": [h.node_id for h in chain] if chain else [],
         "device": node.cfg.engine.device,

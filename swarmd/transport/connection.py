@@ -70,23 +70,21 @@ class Connection:
 
     # --- frames -----------------------------------------------------------------------------------
 
-    def send_nowait(self, msg: Message) -> int:
-        """Encode, seal and queue one frame; returns its size. Synchronous, so frame order equals call order."""
+    def send_nowait(self, msg: Message) -> None:
+        """Encode, seal and queue one frame. Synchronous, so frame order equals call order."""
         if self.writer.is_closing():
             raise ConnectionResetError(f"connection to {self.peer} is closed")
         data = frame(self._send.seal(codec.encode(msg)))
         self.writer.write(data)
         WIRE_BYTES["out"] += len(data)
-        return len(data)
 
-    def send_many_nowait(self, msgs: list[Message]) -> int:
+    def send_many_nowait(self, msgs: list[Message]) -> None:
         """Several frames in one write (one syscall and one wake-up of the peer instead of several)."""
         if self.writer.is_closing():
             raise ConnectionResetError(f"connection to {self.peer} is closed")
         data = b"".join(frame(self._send.seal(codec.encode(m))) for m in msgs)
         self.writer.write(data)
         WIRE_BYTES["out"] += len(data)
-        return len(data)
 
     async def drain(self) -> None:
         if self.writer.transport.get_write_buffer_size() == 0:

@@ -9,7 +9,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from ..config import NetConfig, parse_hostport
 from ..errors import ConfigError, PeerUnavailable, ProtocolError
@@ -164,24 +163,3 @@ class Mesh:
                 raise ProtocolError(f"unexpected {type(msg).__name__}", "unexpected")
             else:
                 self.dispatch(msg, first.node_id)
-
-    # --- status ---------------------------------------------------------------------------------
-
-    def peers_status(self) -> list[dict[str, Any]]:
-        out = []
-        for info in sorted(self.table.peers.values(), key=lambda p: p.node_id):
-            link = self.links.get(info.addr)
-            span = info.span
-            out.append({
-                "node_id": info.node_id, "addr": info.addr, "state": info.state,
-                "layers": list(span) if span else None, "device": info.hello.device,
-                "connection": link.state if link else "none",
-                "rtt_ms": round(link.rtt_s * 1000, 3) if link and link.rtt_s is not None else None,
-                "software": info.hello.software,
-            })
-        known = {p["addr"] for p in out}
-        for addr, link in sorted(self.links.items()):
-            if addr not in known and link.state != "self":
-                out.append({"node_id": None, "addr": addr, "state": "unknown", "layers": None, "device": None,
-                            "connection": link.state, "error": self.incompatible.get(addr) or link.last_error})
-        return out

@@ -56,7 +56,6 @@ class PeerLink:
         self._pings: dict[int, float] = {}
         self._last_use = -math.inf  # when ring traffic last went out (keeps the link pinged)
         self._pending: collections.deque[tuple[float, Message]] = collections.deque(maxlen=PENDING_LIMIT)
-        self.sent_bytes = 0  # encoded bytes handed to this link's connections (frames, before sealing)
         self._failed = False  # the last attempt failed and no connection came up since
         self._kick = asyncio.Event()  # cuts a reconnect backoff short
 
@@ -119,9 +118,9 @@ class PeerLink:
             raise PeerUnavailable(f"no connection to {self.addr} ({self.last_error or self.state})")
         try:
             if len(msgs) == 1:
-                self.sent_bytes += conn.send_nowait(msgs[0])
+                conn.send_nowait(msgs[0])
             else:
-                self.sent_bytes += conn.send_many_nowait(list(msgs))
+                conn.send_many_nowait(list(msgs))
         except (OSError, RuntimeError) as exc:
             raise PeerUnavailable(f"send to {self.addr} failed: {exc}") from exc
 
