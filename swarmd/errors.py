@@ -74,6 +74,25 @@ class NotReady(CapacityError):
     code = "not_ready"
 
 
+class NoChain(NotReady):
+    """No chain of reachable nodes covers every layer (a span has no live holder, or this node's side of a
+    partition lacks one). Raised at once rather than waited out; placement may load the span elsewhere."""
+
+    code = "no_chain"
+    retry_after_s = 2
+
+
+class Unresponsive(NotReady):
+    """Stages of a chain did not accept a new session in time (unreachable, frozen or overloaded)."""
+
+    code = "stage_unresponsive"
+
+    def __init__(self, message: str, nodes: frozenset[str]) -> None:
+        super().__init__(message)
+        self.nodes = nodes
+        self.failed_node = min(nodes) if nodes else None
+
+
 class KVBudgetExceeded(CapacityError, MemoryError):
     code = "kv_budget_exceeded"
 

@@ -383,11 +383,11 @@ class Node:
                                   rtt.get(peer.node_id, 0.0) / 2, meta.queue, peer.state == "suspect"))
         return out
 
-    def plan(self, avoid: frozenset[str] = frozenset()) -> list[Hop] | None:
-        """The best chain now; one without the ``avoid`` nodes when there is such a chain."""
+    def plan(self, avoid: frozenset[str] = frozenset(), exclude: frozenset[str] = frozenset()) -> list[Hop] | None:
+        """The best chain now without the ``exclude`` nodes; one without the ``avoid`` nodes too when there is such a chain."""
         if self.loaded is None:
             return None
-        holders = self.holders()
+        holders = [h for h in self.holders() if h.node_id not in exclude]
         if avoid:
             chain = plan_chain([h for h in holders if h.node_id not in avoid], self.loaded.num_layers,
                                prefer=self.node_id)
@@ -464,7 +464,8 @@ class Node:
             raise NotReady("the model is still loading")
         net = self.cfg.net
         return Generation(self.entry, request, self._codec.decode, prefill_chunk=net.prefill_chunk,
-                          open_timeout_s=net.open_timeout_s, token_timeout_s=self.cfg.engine.step_timeout_s,
+                          open_timeout_s=net.open_timeout_s,
+                          accept_timeout_s=net.accept_timeout_s, token_timeout_s=self.cfg.engine.step_timeout_s,
                           stall_timeout_s=self.stall_timeout(), recovery_timeout_s=net.recovery_timeout_s,
                           on_recovery=self._recovered)
 

@@ -77,6 +77,8 @@ class Swim:
         self._seeds: tuple[str, ...] = ()
         self._next_join = math.inf
         self._next_stranger_sync = -math.inf
+        self._failed: dict[str, tuple[str, float]] = {}  # dead member -> (last address, since): reconnect
+        self._next_reconnect = math.inf
         self.left = False
         self.dropped: Counter[str] = Counter()  # reason -> count, for metrics
 
@@ -145,6 +147,8 @@ class Swim:
         if self.left:
             return min(times)
         times.append(self._next_push_pull)
+        if self._failed:
+            times.append(self._next_reconnect)
         if len(self._queue):
             times.append(self._next_gossip)
         p = self._probe
@@ -162,6 +166,7 @@ class Swim:
             self._next_probe = now + self.rng.random() * cfg.probe_interval
             self._next_push_pull = now + self.rng.random() * cfg.push_pull_interval
             self._next_gossip = now + self.rng.random() * cfg.gossip_interval
+            self._next_reconnect = now + self.rng.random() * cfg.reconnect_interval
         self._relays = {s: r for s, r in self._relays.items() if r.expires > now}
         if not self.left:
             self._check_probe(now, out)  # first: our own confirmation may shorten a suspicion below
@@ -187,9 +192,21 @@ class Swim:
             peers = [r for r in self._members.values() if r.state == ALIVE and r is not self._me]
             if peers:
                 out.append(Send(self.rng.choice(peers).addr, self._push_pull_msg(join=False, reply=True)))
+        if now >= self._next_reconnect:
+            self._next_reconnect = now + cfg.reconnect_interval
+            self._reconnect(now, out)
         if self._seeds and now >= self._next_join and not self._knows_others():
             out.extend(self.join(self._seeds, now))
         return out
+
+    def _reconnect(self, now: float, out: list[Effect]) -> None:
+        """Swap full state with one member declared dead: if it was cut off, not crashed, both sides learn
+        of each other (each refutes the other's verdict on it) and the views merge."""
+        horizon = now - self.config.reconnect_timeout_s
+        self._failed = {k: v for k, v in self._failed.items() if v[1] >= horizon}
+        if self._failed:
+            addr, _ = self._failed[self.rng.choice(sorted(self._failed))]
+            out.append(Send(addr, self._push_pull_msg(join=False, reply=True)))
 
     def _gossip(self, out: list[Effect]) -> None:
         """Push pending updates to a few random alive members (nothing when nothing is pending)."""
@@ -386,6 +403,7 @@ class Swim:
             del self._members[min(tombs, key=lambda r: r.since).node_id]
         rec = MemberRecord(u.node_id, u.addr, u.incarnation, ALIVE, u.meta_version, u.meta, now, u.node_id)
         self._members[rec.node_id] = rec
+        self._failed.pop(rec.node_id, None)
         self._live += 1
         self._queue.put(rec.node_id, rec.update())
         self._order.insert(rec.node_id)
@@ -400,6 +418,12 @@ class Swim:
             self._live += (state in LIVE) - (old in LIVE)
             if state in LIVE and old not in LIVE and rec is not self._me:
                 self._order.insert(rec.node_id)
+            if state == DEAD and rec is not self._me:
+                self._failed[rec.node_id] = (rec.addr, now)
+                while len(self._failed) > self.config.max_members:
+                    del self._failed[min(self._failed, key=lambda k: self._failed[k][1])]
+            else:
+                self._failed.pop(rec.node_id, None)
         if state == SUSPECT:  # a new suspicion, or one at a newer incarnation: (re)start the timer
             n = self._live
             lo, hi = suspicion_bounds(self.config.suspicion_mult, self.config.suspicion_max_timeout_mult, n,

@@ -38,6 +38,11 @@ class SwimConfig:
     announce_fanout: int = 3
     # How long dead and left members stay as tombstones (rejecting stale claims) before removal.
     tombstone_s: float = 30.0
+    # A member declared dead (not one that left) may be behind a healed partition or back from a
+    # reboot: every reconnect_interval one such address gets a full-state exchange, for up to
+    # reconnect_timeout_s after its death (Serf's reconnect; memberlist alone never merges two sides).
+    reconnect_interval: float = 2.0
+    reconnect_timeout_s: float = 6 * 3600.0
     # Largest member table, tombstones and this node included; new members past it are ignored (logged).
     max_members: int = 1024
     # Updates piggy-backed on one Ping/Ack/PingReq, by count and by estimated encoded size.
@@ -55,7 +60,7 @@ class SwimConfig:
         if not 0 < self.probe_timeout < self.probe_interval:
             raise ConfigError("swim: need 0 < probe_timeout < probe_interval")
         for name in ("push_pull_interval", "join_retry_interval", "tombstone_s", "suspicion_max_timeout_mult",
-                     "gossip_interval"):
+                     "gossip_interval", "reconnect_interval", "reconnect_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"swim: {name} must be positive")
         for name in ("suspicion_mult", "retransmit_mult", "max_piggyback", "max_broadcasts", "max_relays",
@@ -83,4 +88,5 @@ class SwimConfig:
         return dataclasses.replace(
             cls(), probe_interval=0.1, probe_timeout=0.04, suspicion_mult=3, push_pull_interval=1.0,
             join_retry_interval=0.2, tombstone_s=5.0, suspicion_min_s=0.0, gossip_interval=0.05,
+            reconnect_interval=0.5,
         )

@@ -11,14 +11,15 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from ..errors import CapacityError, KVBudgetExceeded, NotReady, StepTimeout, SwarmdError
+from ..errors import CapacityError, KVBudgetExceeded, NoChain, PeerUnavailable, StepTimeout, SwarmdError, Unresponsive
 from ..types import GenerationRequest
 from ..wire.messages import Forward, Hop, Message, SessionAccepted, SessionClose, SessionError, SessionOpen, TokenOut
 
 log = logging.getLogger(__name__)
 
 Send = Callable[..., Awaitable[None]]  # (hop, *messages)
-Planner = Callable[[frozenset[str]], list[Hop] | None]  # nodes to avoid -> chain
+# (nodes to avoid where another chain exists, nodes to exclude outright) -> the best chain, or None
+Planner = Callable[[frozenset[str], frozenset[str]], list[Hop] | None]
 
 
 class StageFailed(SwarmdError):
@@ -59,20 +60,35 @@ class RingSession:
         self.closed = False
 
     async def open(self, timeout: float) -> None:
+        """Send SessionOpen to every stage at once and wait until all accepted. Raises ``Unresponsive``
+        naming the stages that had not accepted after ``timeout`` (unreachable, frozen or overloaded)."""
         req, e = self.request, self.entry
         loop = asyncio.get_running_loop()
         self.pending = {h.node_id: loop.create_future() for h in self.chain}
         sp = req.sampling
-        for i, hop in enumerate(self.chain):
+
+        async def open_hop(i: int, hop: Hop) -> None:
             msg = SessionOpen(self.session_id, e.self_hop, tuple(self.chain), i,
                               len(req.prompt_ids) + req.max_tokens, len(req.prompt_ids), req.max_tokens,
                               sp.temperature, sp.top_p, sp.top_k, self.seed, tuple(sorted(req.stop_token_ids)))
-            await e.send(hop, msg)
-        try:
-            async with asyncio.timeout(timeout):
-                await asyncio.gather(*self.pending.values())
-        except TimeoutError:
-            raise NotReady(f"stages did not accept the session within {timeout}s") from None
+            try:
+                await e.send(hop, msg)
+            except PeerUnavailable as exc:
+                exc.failed_node = hop.node_id
+                raise
+            await self.pending[hop.node_id]
+
+        hops = [asyncio.ensure_future(open_hop(i, hop)) for i, hop in enumerate(self.chain)]
+        done, waiting = await asyncio.wait(hops, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
+        for task in waiting:
+            task.cancel()
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        if waiting:
+            slow = frozenset(h.node_id for h, t in zip(self.chain, hops, strict=True) if t in waiting)
+            raise Unresponsive(f"stage(s) {', '.join(sorted(slow))} did not accept the session within {timeout:g}s",
+                               slow)
 
     async def feed(self, token_ids: Sequence[int], start_pos: int, chunk: int, step: int = 0) -> None:
         """Send the prompt (or a replayed history) to the first stage in pipelined chunks; the last chunk
@@ -84,7 +100,11 @@ class RingSession:
             n = min(chunk, end - pos)
             last = pos + n == end
             part = tuple(token_ids[pos - start_pos: pos - start_pos + n])
-            await self.entry.send(first, Forward(self.session_id, pos, step, last, part, None))
+            try:
+                await self.entry.send(first, Forward(self.session_id, pos, step, last, part, None))
+            except PeerUnavailable as exc:
+                exc.failed_node = first.node_id
+                raise
             pos += n
 
     async def next_token(self, timeout: float) -> Token:
@@ -119,11 +139,13 @@ class RingEntry:
         self.sessions: dict[str, RingSession] = {}
 
     async def open(self, session_id: str, request: GenerationRequest, seed: int, timeout: float,
-                   avoid: frozenset[str] = frozenset()) -> RingSession:
-        """Open a session on the best chain, steering clear of ``avoid`` when another chain exists."""
-        chain = self.planner(avoid)
+                   avoid: frozenset[str] = frozenset(), exclude: frozenset[str] = frozenset()) -> RingSession:
+        """Open a session on the best chain, steering clear of ``avoid`` when another chain exists and never
+        using ``exclude``. Raises ``NoChain`` at once when no chain covers the model."""
+        chain = self.planner(avoid, exclude)
         if chain is None:
-            raise NotReady("no chain of live nodes covers every layer of the model")
+            raise NoChain("no chain of reachable nodes covers every layer of the model"
+                          + (f" without {', '.join(sorted(exclude))}, which did not answer" if exclude else ""))
         sess = RingSession(self, session_id, chain, request, seed)
         self.sessions[session_id] = sess
         try:

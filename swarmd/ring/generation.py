@@ -3,11 +3,16 @@
 The history (prompt plus every sampled token) is what a replacement chain replays to rebuild its KV
 caches after a failure; sampling is seeded per step, so a replayed session draws the same tokens.
 
+Opening: every stage of the chosen chain must accept within ``accept_timeout_s``; stages that do not
+(unreachable behind a partition, frozen, overloaded) are excluded for the rest of the generation and the
+next best chain is tried at once. When no chain is left (``NoChain``) the client hears it at once: 503
+with Retry-After, never a hang.
+
 Recovery: when a stage fails (its link breaks, it reports an error, or a decode token is later than the
 stall deadline), the generation opens a new session on a chain that avoids the failed node (a replica),
 replays the history as a prefill whose last chunk samples the next step, and goes on; the client sees
 the same tokens it would have seen, none twice. Failures during recovery are retried with backoff until
-``recovery_timeout_s``; then the error reaches the client.
+``recovery_timeout_s``; then the error reaches the client. ``NoChain`` ends recovery at once.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
-from ..errors import InvalidRequest, ProtocolError, StepTimeout, SwarmdError
+from ..errors import CapacityError, InvalidRequest, NoChain, ProtocolError, StepTimeout, SwarmdError, Unresponsive
 from ..types import FinishReason, GenerationRequest
 from ..wire.messages import Hop
 from .entry import Token
@@ -34,6 +39,7 @@ log = logging.getLogger(__name__)
 class TokenSource(Protocol):
     """An open ring session as the generation sees it."""
 
+    session_id: str
     chain: list[Hop]
 
     async def feed(self, token_ids: Sequence[int], start_pos: int, chunk: int, step: int = 0) -> None: ...
@@ -43,7 +49,7 @@ class TokenSource(Protocol):
 
 class Opener(Protocol):
     async def open(self, session_id: str, request: GenerationRequest, seed: int, timeout: float,
-                   avoid: frozenset[str] = ...) -> TokenSource: ...
+                   avoid: frozenset[str] = ..., exclude: frozenset[str] = ...) -> TokenSource: ...
 
 
 @dataclass
@@ -65,7 +71,8 @@ class Generation:
 
     def __init__(
         self, opener: Opener, request: GenerationRequest, decode: Callable[[Sequence[int]], str], *,
-        prefill_chunk: int = 256, open_timeout_s: float = 10.0, token_timeout_s: float = 120.0,
+        prefill_chunk: int = 256, open_timeout_s: float = 10.0, accept_timeout_s: float = 1.0,
+        token_timeout_s: float = 120.0,
         stall_timeout_s: float | None = None, recovery_timeout_s: float = 0.0,
         on_recovery: Callable[[Recovery], None] | None = None,
     ) -> None:
@@ -76,7 +83,8 @@ class Generation:
         self.history: list[int] = list(request.prompt_ids)
         self.text = TextStream(decode, request.stop)
         self.prefill_chunk = max(1, prefill_chunk)
-        self.open_timeout_s = open_timeout_s
+        self.open_timeout_s = open_timeout_s  # the whole opening, every chain tried
+        self.accept_timeout_s = accept_timeout_s  # one chain's stages, to accept the session
         self.token_timeout_s = token_timeout_s  # the first token after a (re)fed prefill
         self.stall_timeout_s = stall_timeout_s or token_timeout_s  # every later token
         self.recovery_timeout_s = recovery_timeout_s  # 0: no recovery, a failure ends the generation
@@ -84,6 +92,7 @@ class Generation:
         self.recoveries: list[Recovery] = []
         self._on_recovery = on_recovery
         self._ring: TokenSource | None = None
+        self._unreachable: set[str] = set()  # stages that did not accept in time: never tried again
 
     @property
     def prompt_tokens(self) -> int:
@@ -94,8 +103,35 @@ class Generation:
         return len(self.history) - len(self.request.prompt_ids)
 
     async def __aenter__(self) -> Generation:
-        self._ring = await self.opener.open(self.session_id, self.request, self.seed, self.open_timeout_s)
-        return self
+        deadline = time.monotonic() + self.open_timeout_s
+        while True:
+            try:
+                self._ring = await self._open_chain(self.session_id, set(), deadline)
+                self.session_id = self._ring.session_id
+                return self
+            except (NoChain, InvalidRequest, ProtocolError, CapacityError):
+                raise  # a stage's own refusal (e.g. its KV budget) reaches the client as it is
+            except SwarmdError as exc:  # a link that broke under the open: try once more without it
+                if exc.failed_node is None or exc.failed_node in self._unreachable or time.monotonic() > deadline:
+                    raise
+                self._unreachable.add(exc.failed_node)
+                self.session_id = uuid.uuid4().hex
+
+    async def _open_chain(self, session_id: str, avoid: set[str], deadline: float) -> TokenSource:
+        """Open ``session_id`` on the best chain; stages that do not accept within ``accept_timeout_s``
+        are excluded and the next chain is tried at once, until ``deadline`` or ``NoChain``."""
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return await self.opener.open(session_id, self.request, self.seed,
+                                              max(0.05, min(self.accept_timeout_s, left)),
+                                              avoid=frozenset(avoid), exclude=frozenset(self._unreachable))
+            except Unresponsive as exc:
+                log.warning("session %s: %s; trying a chain without them", session_id[:8], exc.message)
+                self._unreachable |= exc.nodes
+                if time.monotonic() >= deadline:
+                    raise
+            session_id = uuid.uuid4().hex
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
@@ -161,14 +197,11 @@ class Generation:
         attempt, delay, last = 0, 0.05, exc
         while True:
             attempt += 1
-            sid = uuid.uuid4().hex
             try:
-                ring = await self.opener.open(sid, self.request, self.seed,
-                                              min(self.open_timeout_s, max(0.1, deadline - time.monotonic())),
-                                              avoid=frozenset(avoid))
+                ring = await self._open_chain(uuid.uuid4().hex, avoid, deadline)
                 self._ring = ring
                 await ring.feed(self.history, 0, self.prefill_chunk, step)
-                self.session_id = sid
+                self.session_id = ring.session_id
                 rec = Recovery(step, exc.failed_node, exc.message, time.monotonic() - started, attempt)
                 self.recoveries.append(rec)
                 if self._on_recovery is not None:
@@ -176,6 +209,8 @@ class Generation:
                 log.info("session replayed onto %s in %.3fs (%d attempt(s))", [h.node_id for h in ring.chain],
                          rec.seconds, attempt)
                 return
+            except NoChain:
+                raise  # no replica holds a span: say so now (placement may load it elsewhere meanwhile)
             except SwarmdError as err:
                 last = err
                 if err.failed_node:

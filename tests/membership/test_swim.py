@@ -234,3 +234,40 @@ def test_gossip_timer_pushes_pending_updates_and_is_silent_otherwise() -> None:
     assert pushed and len({id(m) for m in pushed}) <= LOCAL.gossip_nodes * 2
     assert all(any(u.node_id == "a" and u.meta == b"new" for u in m.piggyback) for m in pushed)
     assert all(c[x].member("a").meta == b"new" for x in ("b", "c", "d"))  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("cut_s", [2.0, LOCAL.tombstone_s + 2.0])  # tombstones still there / already reaped
+def test_two_sides_of_a_healed_partition_merge_into_one_view(cut_s: float) -> None:
+    c = Mini("a", "b", "c", "d")
+    c.join_all()
+    for x in "ab":
+        for y in "cd":
+            c.block(x, y)
+    c.run(cut_s, dt=0.02)
+    assert c.state("a", "c") in (DEAD, None) and c.state("d", "b") in (DEAD, None)
+    assert c.state("a", "b") == c.state("c", "d") == ALIVE  # each side keeps itself
+    c.blocked.clear()
+    healed = c.now
+    while not all(c.state(x, y) == ALIVE for x in "abcd" for y in "abcd"):
+        assert c.now - healed < 3.0, [(x, y, c.state(x, y)) for x in "abcd" for y in "abcd"]
+        c.run(0.05, dt=0.01)
+    c.run(2.0, dt=0.02)  # and it stays merged
+    assert all(c.state(x, y) == ALIVE for x in "abcd" for y in "abcd")
+
+
+def test_reconnect_tries_dead_members_only_and_gives_up_after_its_timeout() -> None:
+    cfg = dataclasses.replace(LOCAL, reconnect_timeout_s=3.0)
+    c = Mini("a", "b", "c", config=cfg)
+    c.join_all()
+    c.handle("c", c["c"].leave(c.now))
+    c.down |= {"b", "c"}
+    c.run(1.5, dt=0.02)
+    assert c.state("a", "b") == DEAD and c.state("a", "c") == LEFT
+    t0 = c.now
+    c.run(1.0, dt=0.02)
+    tries = [e.to_addr for t, src, e in c.sent if src == "a" and t >= t0 and isinstance(e.msg, PushPull)]
+    assert tries and set(tries) == {addr("b")}  # never the member that left
+    c.run(cfg.reconnect_timeout_s, dt=0.02)
+    t1 = c.now
+    c.run(2.0, dt=0.02)
+    assert not [e for t, src, e in c.sent if src == "a" and t >= t1 and isinstance(e.msg, PushPull)]

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from swarmd.errors import NotReady, StepTimeout, SwarmdError
+import time
+
+from swarmd.errors import NoChain, NotReady, StepTimeout, SwarmdError, Unresponsive
 from swarmd.ring.entry import StageFailed, Token
 from swarmd.ring.generation import Generation
 from swarmd.types import GenerationRequest, SamplingParams
@@ -21,8 +23,9 @@ def token_at(step: int) -> int:
 
 
 class FakeRing:
-    def __init__(self, world: World, chain: list[Hop]) -> None:
+    def __init__(self, world: World, session_id: str, chain: list[Hop]) -> None:
         self.world = world
+        self.session_id = session_id
         self.chain = chain
         self.next_step: int | None = None
         self.closed = ""
@@ -58,15 +61,26 @@ class World:
         self.fail_at = fail_at
         self.flaky = {"b"}
         self.open_failures = open_failures
+        self.silent: set[str] = set()  # stages that never accept (behind a partition)
+        self.gone: set[str] = set()  # stages no live member holds any more
         self.opened: list[tuple[frozenset[str], FakeRing]] = []
+        self.excluded: list[frozenset[str]] = []
 
     async def open(self, session_id: str, request: GenerationRequest, seed: int, timeout: float,
-                   avoid: frozenset[str] = frozenset()) -> FakeRing:
+                   avoid: frozenset[str] = frozenset(), exclude: frozenset[str] = frozenset()) -> FakeRing:
+        self.excluded.append(exclude)
         if self.open_failures:
             self.open_failures -= 1
             raise NotReady("no chain yet")
-        last = "c" if "b" in avoid else "b"
-        ring = FakeRing(self, [Hop("a", "", 0, 2), Hop(last, "", 2, 4)])
+        usable = [n for n in ("b", "c") if n not in exclude | self.gone]
+        if "a" in exclude | self.gone or not usable:
+            raise NoChain("no chain")
+        last = usable[-1] if "b" in avoid else usable[0]
+        silent = {"a", last} & self.silent
+        if silent:
+            await asyncio.sleep(timeout)
+            raise Unresponsive("no accept", frozenset(silent))
+        ring = FakeRing(self, session_id, [Hop("a", "", 0, 2), Hop(last, "", 2, 4)])
         self.opened.append((avoid, ring))
         return ring
 
@@ -131,3 +145,43 @@ async def test_no_recovery_when_it_is_off_or_hopeless() -> None:
             async for _ in gen.stream():
                 pass
     assert isinstance(info.value, NotReady)  # the last error, after the recovery timeout
+
+
+async def test_a_stage_that_never_accepts_is_left_out_for_the_whole_generation() -> None:
+    world = World({4: "b"})
+    world.silent = {"b"}
+    gen = Generation(world, request(8), lambda ids: "", recovery_timeout_s=5.0, accept_timeout_s=0.05)
+    async with gen:
+        assert gen._ring is not None and gen._ring.chain[-1].node_id == "c"
+        assert gen.session_id == gen._ring.session_id
+        async for _ in gen.stream():
+            pass
+    assert gen.history[len(PROMPT):] == [token_at(s) for s in range(8)]
+    assert world.excluded == [frozenset(), frozenset({"b"})]
+
+
+async def test_no_chain_left_is_a_prompt_503_not_a_wait() -> None:
+    world = World({})
+    world.silent = {"b", "c"}  # the other side of a partition
+    gen = Generation(world, request(4), lambda ids: "", recovery_timeout_s=5.0, accept_timeout_s=0.05,
+                     open_timeout_s=10.0)
+    started = time.monotonic()
+    with pytest.raises(NoChain) as info:
+        async with gen:
+            pass
+    assert time.monotonic() - started < 1.0
+    assert info.value.status == 503 and info.value.retry_after_s >= 1
+    assert world.excluded[-1] == {"b", "c"}
+
+
+async def test_recovery_with_no_replica_left_fails_at_once() -> None:
+    world = World({3: "b"})
+    gen = Generation(world, request(6), lambda ids: "", recovery_timeout_s=5.0)
+    started = time.monotonic()
+    with pytest.raises(NoChain):
+        async with gen:
+            world.gone = {"b", "c"}  # the only holders of layers 2-4 died
+            async for _ in gen.stream():
+                pass
+    assert time.monotonic() - started < 1.0
+    assert gen.history[len(PROMPT):] == [token_at(s) for s in range(3)]
