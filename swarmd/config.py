@@ -99,11 +99,11 @@ class NetConfig:
     max_connections: int = 128
     # Largest frame accepted after the handshake (hidden states of one prefill chunk must fit).
     max_frame_bytes: int = 64 * 1024 * 1024
-    # Entry: how long opening a session may take in all, and how long the stages of one chain get to
-    # accept it; stages that miss accept_timeout_s (unreachable, frozen) are left out and another chain is
-    # tried at once; with no chain left the client gets 503 + Retry-After.
+    # Entry: how long opening a session may take in all. A stage that has not accepted it and from which
+    # nothing at all was heard (its link is pinged) for accept_timeout_s is unreachable (partition, frozen):
+    # it is left out and another chain tried at once; with no chain left the client gets 503 + Retry-After.
     open_timeout_s: float = 10.0
-    accept_timeout_s: float = 1.0
+    accept_timeout_s: float = 0.5
     # Stage: a session with no traffic for this long is closed and its KV cache freed.
     session_idle_s: float = 120.0
     # Prompt positions per prefill chunk sent into the ring (chunks are pipelined across stages).

@@ -113,7 +113,9 @@ class Node:
         self._codec: Any = None
         self.mesh = Mesh(cfg.net, keyring, self.node_id, self._hello, self._dispatch, self._peer_lost, self._resolve)
         self.host = StageHost(self.node_id, self.mesh.send, cfg.net.session_idle_s, self._spawn)
-        self.entry = RingEntry(Hop(self.node_id, "", 0, 0), self.mesh.send, self.plan)
+        self.entry = RingEntry(Hop(self.node_id, "", 0, 0), self.mesh.send, self.plan,
+                               accept_timeout_s=self.cfg.net.accept_timeout_s, heard_since=self.mesh.heard_since,
+                               nudge=self.mesh.nudge)
         self.view = SwarmView(self.node_id)
         self.membership: Membership | None = None
         self.swim_addr = ""
@@ -384,7 +386,7 @@ class Node:
         return out
 
     def plan(self, avoid: frozenset[str] = frozenset(), exclude: frozenset[str] = frozenset()) -> list[Hop] | None:
-        """The best chain now without the ``exclude`` nodes; one without the ``avoid`` nodes too when there is such a chain."""
+        """The best chain now without the ``exclude`` nodes; without the ``avoid`` nodes too where possible."""
         if self.loaded is None:
             return None
         holders = [h for h in self.holders() if h.node_id not in exclude]
@@ -464,8 +466,7 @@ class Node:
             raise NotReady("the model is still loading")
         net = self.cfg.net
         return Generation(self.entry, request, self._codec.decode, prefill_chunk=net.prefill_chunk,
-                          open_timeout_s=net.open_timeout_s,
-                          accept_timeout_s=net.accept_timeout_s, token_timeout_s=self.cfg.engine.step_timeout_s,
+                          open_timeout_s=net.open_timeout_s, token_timeout_s=self.cfg.engine.step_timeout_s,
                           stall_timeout_s=self.stall_timeout(), recovery_timeout_s=net.recovery_timeout_s,
                           on_recovery=self._recovered)
 

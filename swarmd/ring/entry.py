@@ -18,6 +18,7 @@ from ..wire.messages import Forward, Hop, Message, SessionAccepted, SessionClose
 log = logging.getLogger(__name__)
 
 Send = Callable[..., Awaitable[None]]  # (hop, *messages)
+CLOSE_WAIT_S = 0.25  # SessionClose to a stage whose link is not up is given up after this
 # (nodes to avoid where another chain exists, nodes to exclude outright) -> the best chain, or None
 Planner = Callable[[frozenset[str], frozenset[str]], list[Hop] | None]
 
@@ -60,8 +61,11 @@ class RingSession:
         self.closed = False
 
     async def open(self, timeout: float) -> None:
-        """Send SessionOpen to every stage at once and wait until all accepted. Raises ``Unresponsive``
-        naming the stages that had not accepted after ``timeout`` (unreachable, frozen or overloaded)."""
+        """Send SessionOpen to every stage at once and wait until all accepted, at most ``timeout``.
+
+        Every ``accept_timeout_s`` the stages that have not accepted yet are pinged; one from which
+        nothing at all was heard in that window is unreachable (a partition, a frozen process): raises
+        ``Unresponsive`` naming them. A stage that answers pings but is slow to accept is waited for."""
         req, e = self.request, self.entry
         loop = asyncio.get_running_loop()
         self.pending = {h.node_id: loop.create_future() for h in self.chain}
@@ -76,19 +80,32 @@ class RingSession:
             except PeerUnavailable as exc:
                 exc.failed_node = hop.node_id
                 raise
+            e.nudge(hop.node_id)
             await self.pending[hop.node_id]
 
-        hops = [asyncio.ensure_future(open_hop(i, hop)) for i, hop in enumerate(self.chain)]
-        done, waiting = await asyncio.wait(hops, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
-        for task in waiting:
-            task.cancel()
-        for task in done:
-            if task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
-        if waiting:
-            slow = frozenset(h.node_id for h, t in zip(self.chain, hops, strict=True) if t in waiting)
-            raise Unresponsive(f"stage(s) {', '.join(sorted(slow))} did not accept the session within {timeout:g}s",
-                               slow)
+        tasks = {asyncio.ensure_future(open_hop(i, hop)): hop.node_id for i, hop in enumerate(self.chain)}
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                window = loop.time()
+                done, waiting = await asyncio.wait(tasks, timeout=max(0.0, min(e.accept_timeout_s, deadline - window)),
+                                                   return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    if task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+                if not waiting:
+                    return
+                slow = frozenset(tasks[t] for t in waiting)
+                silent = frozenset(n for n in slow if not e.heard_since(n, window))
+                if silent or loop.time() >= deadline:
+                    raise Unresponsive(f"stage(s) {', '.join(sorted(silent or slow))} did not accept the session "
+                                       f"{'and were not heard from ' if silent else ''}within "
+                                       f"{min(e.accept_timeout_s, timeout) if silent else timeout:g}s", silent or slow)
+                for n in slow:
+                    e.nudge(n)
+        finally:
+            for task in tasks:
+                task.cancel()
 
     async def feed(self, token_ids: Sequence[int], start_pos: int, chunk: int, step: int = 0) -> None:
         """Send the prompt (or a replayed history) to the first stage in pipelined chunks; the last chunk
@@ -118,24 +135,37 @@ class RingSession:
         return item
 
     async def close(self, reason: str) -> None:
+        """Tell every stage the session is over: best effort, at once, and never waiting more than
+        ``CLOSE_WAIT_S`` on a stage whose link is down (it frees the session after its idle timeout)."""
         if self.closed:
             return
         self.closed = True
         self.entry.sessions.pop(self.session_id, None)
-        for hop in self.chain:
+
+        async def close_hop(hop: Hop) -> None:
             try:
                 await self.entry.send(hop, SessionClose(self.session_id, reason))
             except (SwarmdError, OSError) as exc:
                 log.debug("close of %s not delivered to %s: %s", self.session_id[:8], hop.node_id, exc)
 
+        sends = [asyncio.ensure_future(close_hop(hop)) for hop in self.chain]
+        _, late = await asyncio.wait(sends, timeout=CLOSE_WAIT_S)
+        for task in late:
+            task.cancel()
+
 
 class RingEntry:
     """Owns the sessions this node is the entry of, and routes the replies to them."""
 
-    def __init__(self, self_hop: Hop, send: Send, planner: Planner) -> None:
+    def __init__(self, self_hop: Hop, send: Send, planner: Planner, *, accept_timeout_s: float = 0.5,
+                 heard_since: Callable[[str, float], bool] = lambda node_id, since: True,
+                 nudge: Callable[[str], None] = lambda node_id: None) -> None:
         self.self_hop = self_hop
         self.send = send
         self.planner = planner
+        self.accept_timeout_s = accept_timeout_s  # a stage silent this long while opening is unreachable
+        self.heard_since = heard_since  # (node id, since) -> anything arrived from it since then
+        self.nudge = nudge  # ping a node's link now
         self.sessions: dict[str, RingSession] = {}
 
     async def open(self, session_id: str, request: GenerationRequest, seed: int, timeout: float,

@@ -3,10 +3,9 @@
 The history (prompt plus every sampled token) is what a replacement chain replays to rebuild its KV
 caches after a failure; sampling is seeded per step, so a replayed session draws the same tokens.
 
-Opening: every stage of the chosen chain must accept within ``accept_timeout_s``; stages that do not
-(unreachable behind a partition, frozen, overloaded) are excluded for the rest of the generation and the
-next best chain is tried at once. When no chain is left (``NoChain``) the client hears it at once: 503
-with Retry-After, never a hang.
+Opening: stages of the chosen chain that cannot be reached (the opener raises ``Unresponsive``: behind a
+partition, frozen) are excluded for the rest of the generation and the next best chain is tried at once.
+When no chain is left (``NoChain``) the client hears it at once: 503 with Retry-After, never a hang.
 
 Recovery: when a stage fails (its link breaks, it reports an error, or a decode token is later than the
 stall deadline), the generation opens a new session on a chain that avoids the failed node (a replica),
@@ -71,8 +70,7 @@ class Generation:
 
     def __init__(
         self, opener: Opener, request: GenerationRequest, decode: Callable[[Sequence[int]], str], *,
-        prefill_chunk: int = 256, open_timeout_s: float = 10.0, accept_timeout_s: float = 1.0,
-        token_timeout_s: float = 120.0,
+        prefill_chunk: int = 256, open_timeout_s: float = 10.0, token_timeout_s: float = 120.0,
         stall_timeout_s: float | None = None, recovery_timeout_s: float = 0.0,
         on_recovery: Callable[[Recovery], None] | None = None,
     ) -> None:
@@ -84,7 +82,6 @@ class Generation:
         self.text = TextStream(decode, request.stop)
         self.prefill_chunk = max(1, prefill_chunk)
         self.open_timeout_s = open_timeout_s  # the whole opening, every chain tried
-        self.accept_timeout_s = accept_timeout_s  # one chain's stages, to accept the session
         self.token_timeout_s = token_timeout_s  # the first token after a (re)fed prefill
         self.stall_timeout_s = stall_timeout_s or token_timeout_s  # every later token
         self.recovery_timeout_s = recovery_timeout_s  # 0: no recovery, a failure ends the generation
@@ -118,13 +115,12 @@ class Generation:
                 self.session_id = uuid.uuid4().hex
 
     async def _open_chain(self, session_id: str, avoid: set[str], deadline: float) -> TokenSource:
-        """Open ``session_id`` on the best chain; stages that do not accept within ``accept_timeout_s``
-        are excluded and the next chain is tried at once, until ``deadline`` or ``NoChain``."""
+        """Open ``session_id`` on the best chain; unreachable stages are excluded and the next chain is
+        tried at once, until ``deadline`` or ``NoChain``."""
         while True:
-            left = deadline - time.monotonic()
             try:
                 return await self.opener.open(session_id, self.request, self.seed,
-                                              max(0.05, min(self.accept_timeout_s, left)),
+                                              max(0.05, deadline - time.monotonic()),
                                               avoid=frozenset(avoid), exclude=frozenset(self._unreachable))
             except Unresponsive as exc:
                 log.warning("session %s: %s; trying a chain without them", session_id[:8], exc.message)

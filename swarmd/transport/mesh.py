@@ -41,6 +41,7 @@ class Mesh:
         self.server = PeerServer(cfg, keyring, self._serve)
         self.advertised = ""
         self.incompatible: dict[str, str] = {}  # addr -> why
+        self.heard: dict[str, float] = {}  # node id -> when a frame from it last arrived
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -84,6 +85,20 @@ class Mesh:
         """A member at ``addr`` is (again) alive: have a link up soon, skipping any reconnect backoff."""
         if addr not in (self.advertised, self.cfg.listen):
             self.link(addr).kick()
+
+    def heard_since(self, node_id: str, since: float) -> bool:
+        """Whether anything at all (a frame on its connection to us, a pong on ours) came from the node
+        at or after ``since``: a node that is merely busy still answers pings from its event loop."""
+        if node_id == self.node_id or self.heard.get(node_id, -1.0) >= since:
+            return True
+        link = self.links.get(self.resolve(node_id) or "")
+        return link is not None and link.node_id == node_id and link.last_pong >= since
+
+    def nudge(self, node_id: str) -> None:
+        """Ping the node's link now, so that ``heard_since`` soon knows whether it is reachable."""
+        link = self.links.get(self.resolve(node_id) or "")
+        if link is not None:
+            link.ping_now()
 
     async def send(self, hop: Hop, *msgs: Message) -> None:
         """Deliver messages to a hop, in order, in one write when it is remote."""
@@ -157,6 +172,9 @@ class Mesh:
         self.link(addr)  # a way back to this peer
         while True:
             msg = await conn.recv(self.cfg.link_idle_s)  # idle links are silent; SWIM judges liveness
+            self.heard[first.node_id] = time.monotonic()
+            if len(self.heard) > 4 * self.cfg.max_connections:  # ids of long-gone peers: keep it bounded
+                self.heard = dict(sorted(self.heard.items(), key=lambda kv: kv[1])[-self.cfg.max_connections:])
             if isinstance(msg, Ping):
                 conn.send_nowait(Pong(msg.nonce))
             elif isinstance(msg, (Hello, Pong)):

@@ -54,6 +54,8 @@ class PeerLink:
         self._up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._pings: dict[int, float] = {}
+        self._nonce = 0
+        self.last_pong = -math.inf  # when the peer last answered a ping on this link
         self._last_use = -math.inf  # when ring traffic last went out (keeps the link pinged)
         self._pending: collections.deque[tuple[float, Message]] = collections.deque(maxlen=PENDING_LIMIT)
         self._failed = False  # the last attempt failed and no connection came up since
@@ -206,7 +208,8 @@ class PeerLink:
                 if isinstance(msg, Pong):
                     sent = self._pings.pop(msg.nonce, None)
                     if sent is not None:
-                        self.rtt_s = time.monotonic() - sent
+                        self.last_pong = time.monotonic()
+                        self.rtt_s = self.last_pong - sent
                 else:
                     raise ProtocolError(f"unexpected {type(msg).__name__} on an outgoing link", "unexpected")
         finally:
@@ -217,17 +220,27 @@ class PeerLink:
         """While ring traffic used the link recently, ping it; a ping unanswered for ``dead_after_s``
         closes it. An idle link sends nothing."""
         self._pings.clear()
-        nonce = 0
         while True:
             now = time.monotonic()
             if self._pings and now - min(self._pings.values()) > self.cfg.dead_after_s:
                 raise TimeoutError(f"no pong from {self.addr} for {self.cfg.dead_after_s}s")
             if now - self._last_use <= self.cfg.keepalive_window_s or self.rtt_s is None:
-                nonce += 1
-                self._pings[nonce] = now
-                if len(self._pings) > 16:
-                    self._pings.pop(min(self._pings))
-                await conn.send(Ping(nonce))
+                self.ping_now()
+                await conn.drain()
             else:
                 self._pings.clear()
             await asyncio.sleep(self.cfg.ping_interval_s)
+
+    def ping_now(self) -> None:
+        """Ping at once (when up): the pong, or its absence, tells whether the peer is reachable now."""
+        conn = self.conn
+        if conn is None or self.state != "up":
+            return
+        self._nonce += 1
+        self._pings[self._nonce] = time.monotonic()
+        if len(self._pings) > 16:
+            self._pings.pop(min(self._pings))
+        try:
+            conn.send_nowait(Ping(self._nonce))
+        except (OSError, RuntimeError):
+            pass  # the link's own task notices the broken connection
