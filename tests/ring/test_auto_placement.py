@@ -98,3 +98,54 @@ def test_join_reshuffles_every_span_while_a_generation_streams(short_tmp: Path) 
         assert r.json()["choices"][0]["text"] == tok.decode(ref_ids[:32], skip_special_tokens=True)
     finally:
         cluster.stop()
+
+
+def test_kill_of_a_span_without_replica_fails_fast_then_survivors_load_it(short_tmp: Path) -> None:
+    """Three ``auto`` nodes of half the model's memory form one pipeline (3+3+2 layers), so no span has a
+    replica. ``kill -9`` of the last stage mid-stream: the stream ends at once with a clear 503-class
+    error (no chain covers the model: nothing to replay onto), and placement on the two survivors loads
+    the lost layers again (4+4), after which the swarm answers exactly like ``generate``."""
+    import signal
+
+    model = make_tiny_model(short_tmp / "m8", "llama", layers=8, context=2048, never_eos=True)
+    tok = AutoTokenizer.from_pretrained(model)
+    ids = tok(PROMPT)["input_ids"]
+    ref = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    ref_ids = ref.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False)[0, len(ids):].tolist()
+    half, _ = memory_budgets(model)
+    extra = ["--memory-budget", str(half), "--seconds-per-layer", "0.001", "--gossip", "local", "--settle", "1"]
+    cluster = Cluster(short_tmp, str(model), ["auto"] * 3, shared_cache_dir(), extra=extra).start()
+    try:
+        entry = cluster.daemons[0]
+        first = status(entry.sock)
+        assert first is not None and first["layer_replicas"]["min"] == 1 and len(first["ring"]) == 3
+        victim = next(d for d in cluster.daemons if d.name == first["ring"][-1] and d is not entry)
+        result: dict[str, object] = {}
+        worker = threading.Thread(target=stream_completion,
+                                  args=(entry.sock, {"prompt": ids, "max_tokens": LONG, "temperature": 0}, result))
+        worker.start()
+        time.sleep(1.0)
+        assert worker.is_alive(), result
+        victim.signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        worker.join(30)
+        assert "error" in result, result
+        assert "no_chain" in str(result["error"]), (result, cluster.logs())
+        assert float(result["done_at"]) - killed_at < 2.0, result  # type: ignore[arg-type]
+
+        survivors = [d for d in cluster.daemons if d is not victim]
+        wait_for_survivors = time.monotonic()
+        while True:
+            doc = status(entry.sock)
+            if doc is not None and doc["layer_replicas"]["min"] >= 1 and doc["ring"]:
+                break
+            assert all(d.alive() for d in survivors), cluster.logs()
+            assert time.monotonic() - wait_for_survivors < 60, f"the lost layers were never loaded\n{cluster.logs()}"
+            time.sleep(0.2)
+        assert sorted(doc["ring"]) == sorted(d.name for d in survivors), doc["ring"]
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(entry.sock)), timeout=60) as c:
+            r = c.post("http://x/v1/completions", json={"prompt": ids, "max_tokens": 32, "temperature": 0})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == tok.decode(ref_ids, skip_special_tokens=True)
+    finally:
+        cluster.stop()
