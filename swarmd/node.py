@@ -397,16 +397,21 @@ class Node:
                 return chain
         return plan_chain(holders, self.loaded.num_layers, prefer=self.node_id)
 
-    def stall_timeout(self) -> float:
-        """How late a decode token may be before its chain counts as failed: 20 expected steps of the
-        current best chain (gossiped speeds and measured latencies), never under ``stall_timeout_s``."""
+    def step_estimate(self) -> float | None:
+        """Expected seconds of one decode step of the current best chain (gossiped speeds, measured
+        latencies); None when no chain covers the model."""
         holders = self.holders()
         chain = plan_chain(holders, self.loaded.num_layers, prefer=self.node_id) if self.loaded is not None else None
         if chain is None:
-            return self.cfg.net.stall_timeout_s
+            return None
         cost = {(h.node_id, h.start, h.end): h.cost_s() for h in holders}
-        expected = sum(cost.get((hop.node_id, hop.start, hop.end), 0.0) for hop in chain)
-        return max(self.cfg.net.stall_timeout_s, 20 * expected)
+        return sum(cost.get((hop.node_id, hop.start, hop.end), 0.0) for hop in chain)
+
+    def stall_timeout(self, expected: float | None = None) -> float:
+        """How late a decode token may be before its chain counts as failed: 20 expected steps of the
+        current best chain, never under ``stall_timeout_s``."""
+        expected = self.step_estimate() if expected is None else expected
+        return max(self.cfg.net.stall_timeout_s, 20 * (expected or 0.0))
 
     def _dispatch(self, msg: Message, sender: str) -> None:
         if msg.TAG in SWIM_TAGS:
@@ -465,9 +470,11 @@ class Node:
         if self._codec is None:
             raise NotReady("the model is still loading")
         net = self.cfg.net
+        expected = self.step_estimate()
         return Generation(self.entry, request, self._codec.decode, prefill_chunk=net.prefill_chunk,
                           open_timeout_s=net.open_timeout_s, token_timeout_s=self.cfg.engine.step_timeout_s,
-                          stall_timeout_s=self.stall_timeout(), recovery_timeout_s=net.recovery_timeout_s,
+                          stall_timeout_s=self.stall_timeout(expected), step_estimate_s=expected,
+                          recovery_timeout_s=net.recovery_timeout_s,
                           on_recovery=self._recovered)
 
     def _recovered(self, rec: Any) -> None:

@@ -103,16 +103,19 @@ class NetSwarm:
         return time.monotonic() - started
 
     def one_view(self, members: list[int] | None = None) -> bool:
-        """Every listed daemon serves and sees every other listed one alive (and nobody else alive)."""
+        """Every listed daemon serves, sees every other listed one alive (and nobody else alive) and
+        reports the same layer coverage."""
         members = list(self.procs) if members is None else members
         names = {f"ns{i}" for i in members}
+        coverage = []
         for i in members:
             d = try_status(self.sock(i))
             if d is None or d["state"] != "serving":
                 return False
             if {p["node_id"] for p in d["peers"] if p["state"] == "alive"} != names - {f"ns{i}"}:
                 return False
-        return True
+            coverage.append(d["coverage"])
+        return all(c == coverage[0] for c in coverage)  # and everyone's metadata has arrived everywhere
 
     def declared_dead(self) -> list[str]:
         """``observer: member`` for every death verdict in the logs."""

@@ -71,7 +71,7 @@ class Generation:
     def __init__(
         self, opener: Opener, request: GenerationRequest, decode: Callable[[Sequence[int]], str], *,
         prefill_chunk: int = 256, open_timeout_s: float = 10.0, token_timeout_s: float = 120.0,
-        stall_timeout_s: float | None = None, recovery_timeout_s: float = 0.0,
+        stall_timeout_s: float | None = None, step_estimate_s: float | None = None, recovery_timeout_s: float = 0.0,
         on_recovery: Callable[[Recovery], None] | None = None,
     ) -> None:
         self.opener = opener
@@ -82,8 +82,12 @@ class Generation:
         self.text = TextStream(decode, request.stop)
         self.prefill_chunk = max(1, prefill_chunk)
         self.open_timeout_s = open_timeout_s  # the whole opening, every chain tried
-        self.token_timeout_s = token_timeout_s  # the first token after a (re)fed prefill
+        self.token_timeout_s = token_timeout_s  # cap on the first token after a (re)fed prefill
         self.stall_timeout_s = stall_timeout_s or token_timeout_s  # every later token
+        # Expected seconds of one decode step of the chain (gossiped speeds): a prefill of n positions
+        # gets stall_timeout_s + n steps' worth for its first token (never more than token_timeout_s), so a
+        # chain that silently lost a hop is noticed in seconds, not at the cap. None: the cap alone.
+        self.step_estimate_s = step_estimate_s
         self.recovery_timeout_s = recovery_timeout_s  # 0: no recovery, a failure ends the generation
         self.finish_reason: FinishReason | None = None
         self.recoveries: list[Recovery] = []
@@ -149,7 +153,7 @@ class Generation:
             while True:
                 try:
                     assert self._ring is not None
-                    tok = await self._ring.next_token(self.token_timeout_s if fresh else self.stall_timeout_s)
+                    tok = await self._ring.next_token(self._first_token_timeout() if fresh else self.stall_timeout_s)
                     fresh = False
                     break
                 except SwarmdError as exc:
@@ -173,6 +177,11 @@ class Generation:
         tail = self.text.flush()
         if tail:
             yield tail
+
+    def _first_token_timeout(self) -> float:
+        if self.step_estimate_s is None:
+            return self.token_timeout_s
+        return min(self.token_timeout_s, self.stall_timeout_s + len(self.history) * self.step_estimate_s)
 
     async def _recover(self, exc: SwarmdError, step: int) -> None:
         """Replace the failed session: a new chain avoiding the failed node, the history replayed so

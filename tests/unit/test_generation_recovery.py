@@ -36,6 +36,7 @@ class FakeRing:
         self.next_step = step
 
     async def next_token(self, timeout: float) -> Token:
+        self.world.timeouts.append(timeout)
         assert self.next_step is not None
         step = self.next_step
         fail = self.world.fail_at.pop(step, None) if self.chain[-1].node_id in self.world.flaky else None
@@ -64,6 +65,7 @@ class World:
         self.gone: set[str] = set()  # stages no live member holds any more
         self.opened: list[tuple[frozenset[str], FakeRing]] = []
         self.excluded: list[frozenset[str]] = []
+        self.timeouts: list[float] = []
 
     async def open(self, session_id: str, request: GenerationRequest, seed: int, timeout: float,
                    avoid: frozenset[str] = frozenset(), exclude: frozenset[str] = frozenset()) -> FakeRing:
@@ -184,3 +186,20 @@ async def test_recovery_with_no_replica_left_fails_at_once() -> None:
                 pass
     assert time.monotonic() - started < 1.0
     assert gen.history[len(PROMPT):] == [token_at(s) for s in range(3)]
+
+
+async def test_first_token_deadline_scales_with_the_fed_positions_and_the_chain_speed() -> None:
+    world = World({2: "b"})
+    gen = Generation(world, request(4), lambda ids: "", token_timeout_s=120.0, stall_timeout_s=2.0,
+                     step_estimate_s=0.01, recovery_timeout_s=5.0)
+    async with gen:
+        async for _ in gen.stream():
+            pass
+    # prompt of 3 fed: 2 + 3 x 0.01; decode steps: 2; after the replay of 3 + 2 tokens: 2 + 5 x 0.01
+    assert world.timeouts == pytest.approx([2.03, 2.0, 2.0, 2.05, 2.0])
+    slow = World({})
+    gen = Generation(slow, request(1), lambda ids: "", token_timeout_s=3.0, stall_timeout_s=2.0, step_estimate_s=1.0)
+    async with gen:
+        async for _ in gen.stream():
+            pass
+    assert slow.timeouts == [3.0]  # never past the cap
