@@ -6,7 +6,6 @@ another swarm key on the same bridge is never a member."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from cluster import write_key
 from helpers import memory_budgets, shared_cache_dir, stream_completion
 from model_factory import make_tiny_model
 from netns_lab import Lab, available
+from netns_swarm import status, try_status
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(available() is not None, reason=str(available()))]
@@ -28,18 +28,6 @@ pytestmark = [pytest.mark.netns, pytest.mark.skipif(available() is not None, rea
 LAYERS = 8
 PROMPT = "The quick brown fox jumps over the lazy dog."
 LONG = 1500  # tokens of the generation that streams while the fifth daemon joins
-
-
-def status(sock: Path) -> dict:  # type: ignore[type-arg]
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=5) as c:
-        return c.get("http://x/v1/swarm/status").json()
-
-
-def try_status(sock: Path) -> dict | None:  # type: ignore[type-arg]
-    try:
-        return status(sock)
-    except (httpx.HTTPError, OSError, json.JSONDecodeError):
-        return None
 
 
 def complete(sock: Path, ids: list[int], n: int) -> str:
