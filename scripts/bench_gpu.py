@@ -65,14 +65,15 @@ def reference(preset: str, tokens: int) -> dict[str, object]:
         torch.cuda.synchronize()
         return time.perf_counter() - t
 
-    gen(ids(1, 16), 4)  # warm-up
+    gen(ids(1, 128), tokens + 1)  # warm-up with the measured shapes
     out: dict[str, object] = {}
     for n in PROMPTS:
         out[f"ttft_{n}_ms"] = 1000 * min(gen(ids(1, n), 1) for _ in range(3))
-    whole = gen(ids(1, 128), tokens + 1)
+    whole = min(gen(ids(1, 128), tokens + 1) for _ in range(2))
     out["decode_ms"] = 1000 * (whole - float(out["ttft_128_ms"]) / 1000) / tokens  # mean over the decode steps
     for b in CONCURRENCY:
-        out[f"tps_{b}"] = b * tokens / gen(ids(b, 128), tokens)
+        gen(ids(b, 128), 4)  # warm-up at this batch size
+        out[f"tps_{b}"] = b * tokens / min(gen(ids(b, 128), tokens) for _ in range(2))
     import gc
 
     model = None  # free the GPU for the daemons
@@ -230,13 +231,20 @@ def main() -> None:
 
     def save() -> None:
         out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-        head = "| setup | TTFT 128 ms | TTFT 2048 ms | decode ms/token | tok/s @1 | tok/s @16 | tok/s @64 |"
+        head = ("| setup | TTFT 128 ms | TTFT 2048 ms | decode ms/token | vs generate | tok/s @1 | tok/s @16 "
+                "| tok/s @64 | @64 vs generate |")
         lines = [f"# Ring vs single-GPU generate ({args.model}, bf16, {results['gpu']})", "",
                  f"`python scripts/bench_gpu.py --model {args.model}` — every row measured in the same run.", "",
-                 head, "|---|---|---|---|---|---|---|"]
+                 head, "|---|---|---|---|---|---|---|---|---|"]
+        base = rows.get("generate (1 GPU)", {})
         for name, r in rows.items():
-            cells = [r.get(k) for k in ("ttft_128_ms", "ttft_2048_ms", "decode_ms", "tps_1", "tps_16", "tps_64")]
-            lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.1f}" for c in cells) + " |")
+            def ratio(key: str, r: dict[str, object] = r) -> float | None:
+                a, b = r.get(key), base.get(key)
+                return float(a) / float(b) if isinstance(a, float) and isinstance(b, float) and b else None  # type: ignore[arg-type]
+
+            cells = [r.get("ttft_128_ms"), r.get("ttft_2048_ms"), r.get("decode_ms"), ratio("decode_ms"),
+                     r.get("tps_1"), r.get("tps_16"), r.get("tps_64"), ratio("tps_64")]
+            lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.2f}" for c in cells) + " |")
         out.with_suffix(".md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines), flush=True)
 

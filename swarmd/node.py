@@ -8,6 +8,7 @@ import logging
 import secrets
 import socket
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
@@ -413,6 +414,17 @@ class Node:
         expected = self.step_estimate() if expected is None else expected
         return max(self.cfg.net.stall_timeout_s, 20 * (expected or 0.0))
 
+    def chain_load(self, node_ids: Sequence[str]) -> int:
+        """Sessions on the busiest of these nodes as far as this node knows: its own generations (all may
+        share the chain) and each node's gossiped session count (at most 2 s old)."""
+        busiest = self._active
+        for node_id in node_ids:
+            if node_id == self.node_id:
+                busiest = max(busiest, self.host.session_count)
+            elif (peer := self.view.peers.get(node_id)) is not None and peer.meta is not None:
+                busiest = max(busiest, peer.meta.sessions)
+        return busiest
+
     def _dispatch(self, msg: Message, sender: str) -> None:
         if msg.TAG in SWIM_TAGS:
             if self.membership is not None:
@@ -474,6 +486,7 @@ class Node:
         return Generation(self.entry, request, self._codec.decode, prefill_chunk=net.prefill_chunk,
                           open_timeout_s=net.open_timeout_s, token_timeout_s=self.cfg.engine.step_timeout_s,
                           stall_timeout_s=self.stall_timeout(expected), step_estimate_s=expected,
+                          load=self.chain_load,
                           recovery_timeout_s=net.recovery_timeout_s,
                           on_recovery=self._recovered)
 

@@ -71,7 +71,8 @@ class Generation:
     def __init__(
         self, opener: Opener, request: GenerationRequest, decode: Callable[[Sequence[int]], str], *,
         prefill_chunk: int = 256, open_timeout_s: float = 10.0, token_timeout_s: float = 120.0,
-        stall_timeout_s: float | None = None, step_estimate_s: float | None = None, recovery_timeout_s: float = 0.0,
+        stall_timeout_s: float | None = None, step_estimate_s: float | None = None,
+        load: Callable[[Sequence[str]], int] | None = None, recovery_timeout_s: float = 0.0,
         on_recovery: Callable[[Recovery], None] | None = None,
     ) -> None:
         self.opener = opener
@@ -88,6 +89,10 @@ class Generation:
         # gets stall_timeout_s + n steps' worth for its first token (never more than token_timeout_s), so a
         # chain that silently lost a hop is noticed in seconds, not at the cap. None: the cap alone.
         self.step_estimate_s = step_estimate_s
+        # Sessions sharing the chain's busiest stage now (node ids of the chain -> count): a stage serves
+        # its sessions in turn, so each one's tokens come that many times slower; a deadline that ignored
+        # it would replay healthy sessions of a loaded swarm (and load it further).
+        self._load = load
         self.recovery_timeout_s = recovery_timeout_s  # 0: no recovery, a failure ends the generation
         self.finish_reason: FinishReason | None = None
         self.recoveries: list[Recovery] = []
@@ -153,7 +158,7 @@ class Generation:
             while True:
                 try:
                     assert self._ring is not None
-                    tok = await self._ring.next_token(self._first_token_timeout() if fresh else self.stall_timeout_s)
+                    tok = await self._ring.next_token(self._first_token_timeout() if fresh else self._stall_timeout())
                     fresh = False
                     break
                 except SwarmdError as exc:
@@ -178,10 +183,23 @@ class Generation:
         if tail:
             yield tail
 
+    def _sharing(self) -> int:
+        if self._load is None or self._ring is None:
+            return 1
+        return max(1, self._load([h.node_id for h in self._ring.chain]))
+
+    def _stall_timeout(self) -> float:
+        """A decode token is late past ``stall_timeout_s`` or 20 expected steps of the chain, times the
+        sessions sharing its busiest stage, whichever is longer (never past ``token_timeout_s``)."""
+        if self.step_estimate_s is None:
+            return self.stall_timeout_s
+        return min(self.token_timeout_s, max(self.stall_timeout_s, 20 * self.step_estimate_s * self._sharing()))
+
     def _first_token_timeout(self) -> float:
         if self.step_estimate_s is None:
             return self.token_timeout_s
-        return min(self.token_timeout_s, self.stall_timeout_s + len(self.history) * self.step_estimate_s)
+        return min(self.token_timeout_s,
+                   self._stall_timeout() + len(self.history) * self.step_estimate_s * self._sharing())
 
     async def _recover(self, exc: SwarmdError, step: int) -> None:
         """Replace the failed session: a new chain avoiding the failed node, the history replayed so

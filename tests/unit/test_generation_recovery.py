@@ -203,3 +203,25 @@ async def test_first_token_deadline_scales_with_the_fed_positions_and_the_chain_
         async for _ in gen.stream():
             pass
     assert slow.timeouts == [3.0]  # never past the cap
+
+
+async def test_stall_deadline_grows_with_the_sessions_sharing_the_chain() -> None:
+    world = World({})
+    sharing = {"n": 1}
+    seen: list[list[str]] = []
+
+    def load(nodes: Sequence[str]) -> int:
+        seen.append(list(nodes))
+        return sharing["n"]
+
+    gen = Generation(world, request(3), lambda ids: "".join(chr(65 + i % 26) for i in ids), token_timeout_s=60.0,
+                     stall_timeout_s=2.0, step_estimate_s=0.05, load=load)
+    async with gen:
+        stream = gen.stream()
+        await stream.__anext__()  # the first token (after the prompt): 2 + 3 x 0.05
+        sharing["n"] = 10  # a burst of sessions arrives
+        async for _ in stream:
+            pass
+    # alone: max(2, 20 x 0.05) = 2 (+ 3 fed x 0.05 for the first); with 10 sharing: 20 x 0.05 x 10 = 10
+    assert world.timeouts == pytest.approx([2.15, 10.0, 10.0])
+    assert seen and all(nodes == ["a", "b"] for nodes in seen)
