@@ -91,6 +91,12 @@ def load_stage(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {engine_cfg.device} requested but CUDA is not available")
     dtype = parse_dtype(engine_cfg.dtype, device)
+    if device.type == "cuda":
+        # SDPA would pick cuDNN attention, which builds an execution plan per shape on the CPU: every
+        # decode step has a new KV length, so it cost 1.9 ms of CPU per layer and step (measured on an H200
+        # with Llama-3-8B: 54 ms/token instead of about 20; scripts/profile_stage.py). Flash and
+        # memory-efficient attention have no such cost.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     started = time.monotonic()
     stage = StageModel.load(
         loaded.source, loaded.config, span, device=device, dtype=dtype, cache_root=model_cfg.cache_dir,

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Where a stage's decode step goes: the bare ``StageModel.forward`` in a loop, the same through the
+engine's worker thread (``Engine.forward``, what a daemon runs), and torch.profiler's top operators.
+
+    python scripts/profile_stage.py [--model random:llama-3-8b] [--device cuda:0] [--steps 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="random:llama-3-8b")
+    ap.add_argument("--device", default="cuda:0")
+    ap.add_argument("--steps", type=int, default=64)
+    args = ap.parse_args()
+    import torch
+
+    from swarmd.config import EngineConfig, ModelConfig
+    from swarmd.engine.runtime import Engine, load_meta, load_stage
+    from swarmd.types import LayerSpan, SamplingParams
+
+    model_cfg, engine_cfg = ModelConfig(source=args.model), EngineConfig(device=args.device, threads=0)
+    loaded = load_meta(model_cfg, engine_cfg)
+    stage = load_stage(loaded, model_cfg, engine_cfg, LayerSpan(0, loaded.num_layers, loaded.num_layers))
+    cuda = stage.device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def decode(steps: int) -> list[float]:
+        cache = stage.new_cache(128 + steps + 1)
+        logits = stage.forward(torch.randint(0, stage.vocab_size, (1, 128)), 0, cache)
+        times = []
+        for i in range(steps):
+            sync()
+            t = time.perf_counter()
+            tok = int(torch.argmax(logits[0]).item())
+            logits = stage.forward(torch.tensor([[tok]]), 128 + i, cache)
+            sync()
+            times.append(1000 * (time.perf_counter() - t))
+        return times
+
+    decode(8)
+    bare = decode(args.steps)
+    print(f"bare StageModel.forward decode: p50 {statistics.median(bare):.2f} ms, min {min(bare):.2f} ms")
+
+    async def through_engine() -> list[float]:
+        engine = Engine(stage, engine_cfg, 1 << 30)
+        await engine.open_session("s", 128 + args.steps + 1)
+        greedy = (SamplingParams(0.0, 1.0, 0, 1), 1, 0)
+        tok = await engine.forward("s", list(range(1, 129)), None, 0, greedy)
+        times = []
+        for i in range(args.steps):
+            t = time.perf_counter()
+            tok = await engine.forward("s", [int(tok)], None, 128 + i, (greedy[0], 1, i + 1))  # type: ignore[arg-type]
+            times.append(1000 * (time.perf_counter() - t))
+        await engine.close()
+        return times
+
+    eng = asyncio.run(through_engine())
+    print(f"Engine.forward (worker thread) decode: p50 {statistics.median(eng):.2f} ms, min {min(eng):.2f} ms")
+
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        decode(5)
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=18, max_name_column_width=50))
+
+
+if __name__ == "__main__":
+    main()
