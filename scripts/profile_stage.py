@@ -68,6 +68,30 @@ def main() -> None:
         await engine.close()
         return times
 
+    def prefill(n: int, chunk: int) -> float:
+        cache = stage.new_cache(n + 1)
+        ids = torch.randint(0, stage.vocab_size, (1, n))
+        sync()
+        t = time.perf_counter()
+        for pos in range(0, n, chunk):
+            stage.forward(ids[:, pos:pos + chunk], pos, cache)
+        sync()
+        return 1000 * (time.perf_counter() - t)
+
+    def last_logits(n: int, chunk: int) -> torch.Tensor:
+        cache = stage.new_cache(n + 1)
+        ids = torch.randint(0, stage.vocab_size, (1, n), generator=torch.Generator().manual_seed(n))
+        for pos in range(0, n, chunk):
+            out = stage.forward(ids[:, pos:pos + chunk], pos, cache)
+        return out.float()
+
+    whole, chunked = last_logits(1024, 1024), last_logits(1024, 256)
+    print(f"chunked vs whole prefill, last logits: max |diff| {(whole - chunked).abs().max().item():.4g}, "
+          f"argmax equal {bool(whole.argmax() == chunked.argmax())}")
+    for n, chunk in ((2048, 2048), (2048, 256), (512, 512), (512, 128)):
+        prefill(n, chunk)
+        print(f"prefill {n} tokens in chunks of {chunk}: {min(prefill(n, chunk) for _ in range(3)):.1f} ms")
+
     eng = asyncio.run(through_engine())
     print(f"Engine.forward (worker thread) decode: p50 {statistics.median(eng):.2f} ms, min {min(eng):.2f} ms")
 
