@@ -99,8 +99,8 @@ class NetConfig:
     max_connections: int = 128
     # Largest frame accepted after the handshake (hidden states of one prefill chunk must fit).
     max_frame_bytes: int = 64 * 1024 * 1024
-    # Entry: how long opening a session may take in all. A stage that has not accepted it and from which
-    # nothing at all was heard (its link is pinged) for accept_timeout_s is unreachable (partition, frozen):
+    # Entry: how long opening a session may take in all. A stage that has not accepted it and answered no
+    # ping on our link (pinged at once) for accept_timeout_s is unreachable (partition, frozen):
     # it is left out and another chain tried at once; with no chain left the client gets 503 + Retry-After.
     open_timeout_s: float = 10.0
     accept_timeout_s: float = 0.5

@@ -115,7 +115,7 @@ class Node:
         self.mesh = Mesh(cfg.net, keyring, self.node_id, self._hello, self._dispatch, self._peer_lost, self._resolve)
         self.host = StageHost(self.node_id, self.mesh.send, cfg.net.session_idle_s, self._spawn)
         self.entry = RingEntry(Hop(self.node_id, "", 0, 0), self.mesh.send, self.plan,
-                               accept_timeout_s=self.cfg.net.accept_timeout_s, heard_since=self.mesh.heard_since,
+                               accept_timeout_s=self.cfg.net.accept_timeout_s, answered_since=self.mesh.answered_since,
                                nudge=self.mesh.nudge)
         self.view = SwarmView(self.node_id)
         self.membership: Membership | None = None

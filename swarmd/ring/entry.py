@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -63,9 +64,10 @@ class RingSession:
     async def open(self, timeout: float) -> None:
         """Send SessionOpen to every stage at once and wait until all accepted, at most ``timeout``.
 
-        Every ``accept_timeout_s`` the stages that have not accepted yet are pinged; one from which
-        nothing at all was heard in that window is unreachable (a partition, a frozen process): raises
-        ``Unresponsive`` naming them. A stage that answers pings but is slow to accept is waited for."""
+        Every ``accept_timeout_s`` the stages that have not accepted yet are pinged; one that answered no
+        ping in that window is unreachable (a partition, a frozen process): raises ``Unresponsive``
+        naming them. A stage that answers pings (so it has our SessionOpen) but is slow to accept is
+        waited for."""
         req, e = self.request, self.entry
         loop = asyncio.get_running_loop()
         self.pending = {h.node_id: loop.create_future() for h in self.chain}
@@ -84,10 +86,10 @@ class RingSession:
             await self.pending[hop.node_id]
 
         tasks = {asyncio.ensure_future(open_hop(i, hop)): hop.node_id for i, hop in enumerate(self.chain)}
-        deadline = loop.time() + timeout
+        deadline = time.monotonic() + timeout
         try:
             while True:
-                window = loop.time()
+                window = time.monotonic()
                 done, waiting = await asyncio.wait(tasks, timeout=max(0.0, min(e.accept_timeout_s, deadline - window)),
                                                    return_when=asyncio.FIRST_EXCEPTION)
                 for task in done:
@@ -96,10 +98,10 @@ class RingSession:
                 if not waiting:
                     return
                 slow = frozenset(tasks[t] for t in waiting)
-                silent = frozenset(n for n in slow if not e.heard_since(n, window))
-                if silent or loop.time() >= deadline:
+                silent = frozenset(n for n in slow if not e.answered_since(n, window))
+                if silent or time.monotonic() >= deadline:
                     raise Unresponsive(f"stage(s) {', '.join(sorted(silent or slow))} did not accept the session "
-                                       f"{'and were not heard from ' if silent else ''}within "
+                                       f"{'and answered no ping ' if silent else ''}within "
                                        f"{min(e.accept_timeout_s, timeout) if silent else timeout:g}s", silent or slow)
                 for n in slow:
                     e.nudge(n)
@@ -158,13 +160,13 @@ class RingEntry:
     """Owns the sessions this node is the entry of, and routes the replies to them."""
 
     def __init__(self, self_hop: Hop, send: Send, planner: Planner, *, accept_timeout_s: float = 0.5,
-                 heard_since: Callable[[str, float], bool] = lambda node_id, since: True,
+                 answered_since: Callable[[str, float], bool] = lambda node_id, since: True,
                  nudge: Callable[[str], None] = lambda node_id: None) -> None:
         self.self_hop = self_hop
         self.send = send
         self.planner = planner
         self.accept_timeout_s = accept_timeout_s  # a stage silent this long while opening is unreachable
-        self.heard_since = heard_since  # (node id, since) -> anything arrived from it since then
+        self.answered_since = answered_since  # (node id, since) -> it answered a ping since then
         self.nudge = nudge  # ping a node's link now
         self.sessions: dict[str, RingSession] = {}
 

@@ -41,7 +41,6 @@ class Mesh:
         self.server = PeerServer(cfg, keyring, self._serve)
         self.advertised = ""
         self.incompatible: dict[str, str] = {}  # addr -> why
-        self.heard: dict[str, float] = {}  # node id -> when a frame from it last arrived
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -86,16 +85,17 @@ class Mesh:
         if addr not in (self.advertised, self.cfg.listen):
             self.link(addr).kick()
 
-    def heard_since(self, node_id: str, since: float) -> bool:
-        """Whether anything at all (a frame on its connection to us, a pong on ours) came from the node
-        at or after ``since``: a node that is merely busy still answers pings from its event loop."""
-        if node_id == self.node_id or self.heard.get(node_id, -1.0) >= since:
+    def answered_since(self, node_id: str, since: float) -> bool:
+        """Whether the node answered a ping on our link to it at or after ``since`` (monotonic). A pong
+        proves it received everything we sent before the ping (one TCP stream) and that its event loop
+        runs: a node that is merely busy computing still answers."""
+        if node_id == self.node_id:
             return True
         link = self.links.get(self.resolve(node_id) or "")
         return link is not None and link.node_id == node_id and link.last_pong >= since
 
     def nudge(self, node_id: str) -> None:
-        """Ping the node's link now, so that ``heard_since`` soon knows whether it is reachable."""
+        """Ping the node's link now, so that ``answered_since`` soon knows whether it is reachable."""
         link = self.links.get(self.resolve(node_id) or "")
         if link is not None:
             link.ping_now()
@@ -172,9 +172,6 @@ class Mesh:
         self.link(addr)  # a way back to this peer
         while True:
             msg = await conn.recv(self.cfg.link_idle_s)  # idle links are silent; SWIM judges liveness
-            self.heard[first.node_id] = time.monotonic()
-            if len(self.heard) > 4 * self.cfg.max_connections:  # ids of long-gone peers: keep it bounded
-                self.heard = dict(sorted(self.heard.items(), key=lambda kv: kv[1])[-self.cfg.max_connections:])
             if isinstance(msg, Ping):
                 conn.send_nowait(Pong(msg.nonce))
             elif isinstance(msg, (Hello, Pong)):

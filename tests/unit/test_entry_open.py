@@ -25,7 +25,7 @@ class Stages:
         self.silent = silent
         self.nudged: list[str] = []
         self.entry = RingEntry(Hop("e", "", 0, 0), self.send, lambda avoid, exclude: None if exclude else CHAIN,
-                               accept_timeout_s=0.2, heard_since=self.heard_since, nudge=self.nudged.append)
+                               accept_timeout_s=0.2, answered_since=self.answered_since, nudge=self.nudged.append)
 
     async def send(self, hop: Hop, *msgs: object) -> None:
         for msg in msgs:
@@ -35,7 +35,7 @@ class Stages:
                 asyncio.get_running_loop().call_later(
                     delay, self.entry.handle, SessionAccepted(msg.session_id, hop.node_id), hop.node_id)
 
-    def heard_since(self, node_id: str, since: float) -> bool:
+    def answered_since(self, node_id: str, since: float) -> bool:
         return node_id not in self.silent
 
 
