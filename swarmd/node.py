@@ -408,12 +408,6 @@ class Node:
         cost = {(h.node_id, h.start, h.end): h.cost_s() for h in holders}
         return sum(cost.get((hop.node_id, hop.start, hop.end), 0.0) for hop in chain)
 
-    def stall_timeout(self, expected: float | None = None) -> float:
-        """How late a decode token may be before its chain counts as failed: 20 expected steps of the
-        current best chain, never under ``stall_timeout_s``."""
-        expected = self.step_estimate() if expected is None else expected
-        return max(self.cfg.net.stall_timeout_s, 20 * (expected or 0.0))
-
     def chain_load(self, node_ids: Sequence[str]) -> int:
         """Sessions on the busiest of these nodes as far as this node knows: its own generations (all may
         share the chain) and each node's gossiped session count (at most 2 s old)."""
@@ -482,12 +476,10 @@ class Node:
         if self._codec is None:
             raise NotReady("the model is still loading")
         net = self.cfg.net
-        expected = self.step_estimate()
         return Generation(self.entry, request, self._codec.decode, prefill_chunk=net.prefill_chunk,
                           open_timeout_s=net.open_timeout_s, token_timeout_s=self.cfg.engine.step_timeout_s,
-                          stall_timeout_s=self.stall_timeout(expected), step_estimate_s=expected,
-                          load=self.chain_load,
-                          recovery_timeout_s=net.recovery_timeout_s,
+                          stall_timeout_s=net.stall_timeout_s, step_estimate_s=self.step_estimate(),
+                          load=self.chain_load, recovery_timeout_s=net.recovery_timeout_s,
                           on_recovery=self._recovered)
 
     def _recovered(self, rec: Any) -> None:

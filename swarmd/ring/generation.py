@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
-from ..errors import CapacityError, InvalidRequest, NoChain, ProtocolError, StepTimeout, SwarmdError, Unresponsive
+from ..errors import InvalidRequest, NoChain, PeerUnavailable, ProtocolError, StepTimeout, SwarmdError, Unresponsive
 from ..types import FinishReason, GenerationRequest
 from ..wire.messages import Hop
-from .entry import Token
+from .entry import StageFailed, Token
 from .textstream import TextStream
 
 log = logging.getLogger(__name__)
@@ -109,33 +109,25 @@ class Generation:
         return len(self.history) - len(self.request.prompt_ids)
 
     async def __aenter__(self) -> Generation:
-        deadline = time.monotonic() + self.open_timeout_s
-        while True:
-            try:
-                self._ring = await self._open_chain(self.session_id, set(), deadline)
-                self.session_id = self._ring.session_id
-                return self
-            except (NoChain, InvalidRequest, ProtocolError, CapacityError):
-                raise  # a stage's own refusal (e.g. its KV budget) reaches the client as it is
-            except SwarmdError as exc:  # a link that broke under the open: try once more without it
-                if exc.failed_node is None or exc.failed_node in self._unreachable or time.monotonic() > deadline:
-                    raise
-                self._unreachable.add(exc.failed_node)
-                self.session_id = uuid.uuid4().hex
+        self._ring = await self._open_chain(self.session_id, set(), time.monotonic() + self.open_timeout_s)
+        self.session_id = self._ring.session_id
+        return self
 
     async def _open_chain(self, session_id: str, avoid: set[str], deadline: float) -> TokenSource:
-        """Open ``session_id`` on the best chain; unreachable stages are excluded and the next chain is
-        tried at once, until ``deadline`` or ``NoChain``."""
+        """Open ``session_id`` on the best chain. Stages found unreachable (no accept and no pong, or a
+        link that broke under the open) are excluded for the rest of the generation and the next chain is
+        tried at once, until ``deadline`` or ``NoChain``; a stage's own refusal (e.g. its KV budget) is raised."""
         while True:
             try:
                 return await self.opener.open(session_id, self.request, self.seed,
                                               max(0.05, deadline - time.monotonic()),
                                               avoid=frozenset(avoid), exclude=frozenset(self._unreachable))
-            except Unresponsive as exc:
-                log.warning("session %s: %s; trying a chain without them", session_id[:8], exc.message)
-                self._unreachable |= exc.nodes
-                if time.monotonic() >= deadline:
+            except (Unresponsive, PeerUnavailable, StageFailed) as exc:
+                gone = exc.nodes if isinstance(exc, Unresponsive) else {exc.failed_node} - {None}
+                if not gone or gone <= self._unreachable or time.monotonic() >= deadline:
                     raise
+                log.warning("session %s: %s; trying a chain without them", session_id[:8], exc.message)
+                self._unreachable |= gone  # type: ignore[arg-type]
             session_id = uuid.uuid4().hex
 
     async def __aexit__(
