@@ -44,6 +44,9 @@ class EngineConfig:
     kv_wait_s: float = 0.0
     # Upper bound on one forward step (prefill chunk or decode) before it is reported as failed.
     step_timeout_s: float = 120.0
+    # Continuous batching: the most positions (decode tokens plus prefill chunk tokens) of one batched
+    # forward; queued prefill chunks of one session are merged up to this size.
+    max_batch_tokens: int = 2048
     # Seconds of one decoder layer per decode token, as placement sees this node; None: measure at start.
     seconds_per_layer: float | None = None
 

@@ -91,6 +91,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--kv-budget", "engine", "kv_default_bytes", parse_size, "KV cache bytes when no memory budget"),
     Option("--kv-wait", "engine", "kv_wait_s", float, "seconds a session waits for KV memory before 503"),
     Option("--step-timeout", "engine", "step_timeout_s", float, "upper bound on one forward step (s)"),
+    Option("--max-batch-tokens", "engine", "max_batch_tokens", int,
+           "most positions in one batched forward (continuous batching)"),
     Option("--socket", "api", "socket", Path, "local API Unix socket"),
     Option("--api-listen", "api", "listen", _hostport, "optional TCP API listener HOST:PORT"),
     Option("--api-token-file", "api", "token_file", Path, "bearer token file for --api-listen"),

@@ -1,12 +1,13 @@
 """The engine facade the rest of swarmd talks to: async methods, torch work on one worker thread.
 
-The event loop never runs tensor code. Sessions are keyed by id; each holds a KV cache whose bytes
-are reserved from a :class:`KVBudget` before the tensors are allocated.
+The event loop never runs tensor code. Sessions are keyed by id; each holds KV pages whose bytes
+are reserved from a :class:`KVBudget` at open and allocated from the span's pool at its first step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -17,14 +18,15 @@ from typing import Any, TypeVar
 import torch
 
 from ..config import EngineConfig, ModelConfig
-from ..errors import ConfigError, InvalidRequest, StepTimeout
+from ..errors import ConfigError, InvalidRequest, StepTimeout, SwarmdError
 from ..types import LayerSpan, SamplingParams, TensorBlob
 from .kv_budget import KVBudget, Reservation
-from .kv_cache import KVCache, kv_bytes_per_token
+from .kv_cache import PAGE_TOKENS, KVCache, KVPool
 from .loader import load_config, load_tokenizer
 from .sampling import sample
 from .sources import ModelSource, resolve_source
 from .stage import StageModel
+from .step_plan import Row
 
 log = logging.getLogger(__name__)
 
@@ -119,48 +121,79 @@ def load_model(model_cfg: ModelConfig, engine_cfg: EngineConfig, progress: Progr
 
 @dataclass
 class _Session:
-    cache: KVCache
+    pages: int
     reservation: Reservation
+    cache: KVCache | None = None  # allocated by the worker thread at the session's first step
+    closed: bool = False
+
+
+@dataclass(eq=False)
+class _Step:
+    session_id: str
+    session: _Session
+    tokens: Sequence[int]
+    hidden: TensorBlob | None
+    start_pos: int
+    sampling: tuple[SamplingParams, int, int] | None
+    future: asyncio.Future[int | TensorBlob | None]
+
+    @property
+    def tokens_in(self) -> int:
+        return len(self.tokens) if self.hidden is None else int(self.hidden.shape[1])
 
 
 class Engine:
-    """Runs steps of many sessions on one span. One worker thread owns every tensor operation."""
+    """Runs steps of many sessions on one span: continuous batching.
+
+    Steps are queued as they arrive; one batcher task (owned here) hands everything queued to the
+    worker thread as one batched forward (at most one step per session, up to ``max_batch_tokens``)
+    and resolves each step's future. Sessions join and leave the batch at any step. KV memory is
+    pages of one pool; a session's pages are reserved at open (503-class error when full)."""
 
     def __init__(self, stage: StageModel, cfg: EngineConfig, kv_budget_bytes: int) -> None:
         self.stage = stage
         self.cfg = cfg
-        self.budget = KVBudget(kv_budget_bytes)
-        self.kv_per_token = kv_bytes_per_token(
-            stage.span.count, stage.shape.num_kv_heads, stage.shape.head_dim, stage.dtype
-        )
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarmd-engine")
+        self.kv_per_token = stage.kv_bytes_per_token()
+        self.page_bytes = PAGE_TOKENS * self.kv_per_token
+        self.pages = max(0, kv_budget_bytes // self.page_bytes)
+        self.budget = KVBudget(self.pages * self.page_bytes)
+        self.max_batch_tokens = max(1, cfg.max_batch_tokens)
+        self._pool: KVPool | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarmd-engine")
         self._sessions: dict[str, _Session] = {}
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._pool, fn, *args)
-        try:
-            async with asyncio.timeout(self.cfg.step_timeout_s):
-                return await fut  # cancelling the wrapper future leaves the running step to finish
-        except TimeoutError:
-            raise StepTimeout(f"engine step took longer than {self.cfg.step_timeout_s}s") from None
+        self._queue: collections.deque[_Step] = collections.deque()
+        self._wake: asyncio.Event | None = None
+        self._batcher: asyncio.Task[None] | None = None
+        self.batches = 0  # batched forwards run (for status and benchmarks)
+        self.batched_steps = 0
 
     async def open_session(self, session_id: str, capacity: int) -> None:
-        """Reserve and allocate a KV cache for ``capacity`` positions; 503-class error when full."""
+        """Reserve KV pages for ``capacity`` positions; 503-class error when the budget is full."""
         if session_id in self._sessions:
             raise InvalidRequest(f"session {session_id} already exists")
-        res = await self.budget.reserve(capacity * self.kv_per_token, self.cfg.kv_wait_s)
-        try:
-            cache = await self._run(self.stage.new_cache, capacity)
-        except BaseException:
-            await self.budget.release(res)
-            raise
-        self._sessions[session_id] = _Session(cache, res)
+        if capacity < 1:
+            raise InvalidRequest("a session needs a capacity of at least one position")
+        pages = -(-capacity // PAGE_TOKENS)
+        res = await self.budget.reserve(pages * self.page_bytes, self.cfg.kv_wait_s)
+        self._sessions[session_id] = _Session(pages, res)
 
     async def close_session(self, session_id: str) -> None:
         sess = self._sessions.pop(session_id, None)
-        if sess is not None:
-            await self.budget.release(sess.reservation)
+        if sess is None:
+            return
+        for step in [s for s in self._queue if s.session is sess]:
+            self._queue.remove(step)
+            if not step.future.done():
+                step.future.set_exception(InvalidRequest(f"session {session_id} closed"))
+        sess.closed = True
+        # Through the worker, after any batch that holds the session: it may still write these pages.
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._release, sess)
+        await self.budget.release(sess.reservation)
+
+    def _release(self, sess: _Session) -> None:
+        if sess.cache is not None:
+            sess.cache.pool.release(sess.cache)
+            sess.cache = None
 
     async def forward(
         self, session_id: str, tokens: Sequence[int], hidden: TensorBlob | None, start_pos: int,
@@ -174,35 +207,131 @@ class Engine:
         sess = self._sessions.get(session_id)
         if sess is None:
             raise InvalidRequest(f"unknown session {session_id}")
-        return await self._run(self._forward_sync, sess.cache, tokens, hidden, start_pos, sampling)
+        loop = asyncio.get_running_loop()
+        step = _Step(session_id, sess, tokens, hidden, start_pos, sampling, loop.create_future())
+        self._queue.append(step)
+        if self._batcher is None:
+            self._wake = asyncio.Event()
+            self._batcher = asyncio.create_task(self._batch_loop(), name="engine-batcher")
+        assert self._wake is not None
+        self._wake.set()
+        try:
+            async with asyncio.timeout(self.cfg.step_timeout_s):
+                return await asyncio.shield(step.future)
+        except TimeoutError:
+            raise StepTimeout(f"engine step took longer than {self.cfg.step_timeout_s}s") from None
+        finally:
+            if step in self._queue:  # cancelled or timed out before its batch: never run it
+                self._queue.remove(step)
+            if not step.future.done():
+                step.future.cancel()
 
-    def _forward_sync(
-        self, cache: KVCache, tokens: Sequence[int], hidden: TensorBlob | None, start_pos: int,
-        sampling: tuple[SamplingParams, int, int] | None,
-    ) -> int | TensorBlob | None:
+    def _take_batch(self) -> list[_Step]:
+        """The queued steps of the next batch: arrival order, one per session, up to max_batch_tokens
+        (a step bigger than that runs alone). A session's later steps wait for the next batch."""
+        batch: list[_Step] = []
+        seen: set[int] = set()
+        tokens = 0
+        for step in list(self._queue):
+            if id(step.session) in seen:
+                continue
+            seen.add(id(step.session))
+            if batch and tokens + step.tokens_in > self.max_batch_tokens:
+                continue
+            batch.append(step)
+            tokens += step.tokens_in
+            self._queue.remove(step)
+        return batch
+
+    async def _batch_loop(self) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = self._take_batch()
+                try:
+                    results = await loop.run_in_executor(self._executor, self._run_batch, batch)
+                except BaseException as exc:  # noqa: BLE001 - a failed batch fails its steps, not the loop
+                    if isinstance(exc, asyncio.CancelledError):
+                        for step in batch:
+                            step.future.cancel()
+                        raise
+                    results = [exc] * len(batch)
+                self.batches += 1
+                self.batched_steps += len(batch)
+                for step, result in zip(batch, results, strict=True):
+                    if step.future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        step.future.set_exception(result)
+                    else:
+                        step.future.set_result(result)
+
+    # --- the worker thread ------------------------------------------------------------------------
+
+    def _run_batch(self, batch: list[_Step]) -> list[Any]:
+        """Worker thread: validate each step (a bad one fails alone), run the rest as one forward."""
         stage = self.stage
-        if stage.embed is not None:
-            if hidden is not None or not tokens:
-                raise InvalidRequest("the first stage takes token ids, not hidden states")
-            if any(not 0 <= t < stage.vocab_size for t in tokens):
-                raise InvalidRequest("token id outside the vocabulary")
-            x = torch.tensor([list(tokens)], dtype=torch.long)
-        else:
-            if hidden is None or tokens:
-                raise InvalidRequest(f"stage {stage.span} takes hidden states, not token ids")
-            x = blob_to_tensor(hidden, stage.hidden_size)
-        out = stage.forward(x, start_pos, cache)
+        results: list[Any] = [None] * len(batch)
+        rows: list[Row] = []
+        live: list[int] = []
+        for i, step in enumerate(batch):
+            try:
+                rows.append(self._row(step))
+                live.append(i)
+            except SwarmdError as exc:
+                results[i] = exc
+        if not rows:
+            return results
+        outs = stage.forward_batch(rows)
         if stage.lm_head is None:
-            return tensor_to_blob(out)
-        if sampling is None:
-            return None
-        params, seed, step = sampling
-        return sample(out[0], params, seed, step)
+            for i, out in zip(live, outs, strict=True):
+                assert out is not None
+                results[i] = tensor_to_blob(out)
+            return results
+        sampled = [(i, out) for i, out in zip(live, outs, strict=True) if out is not None]
+        greedy = [(i, out) for i, out in sampled if batch[i].sampling[0].greedy]  # type: ignore[index]
+        if greedy:
+            tokens = torch.stack([out for _, out in greedy]).argmax(-1).tolist()
+            for (i, _), tok in zip(greedy, tokens, strict=True):
+                results[i] = int(tok)
+        for i, out in sampled:
+            if results[i] is None:
+                params, seed, n = batch[i].sampling  # type: ignore[misc]
+                results[i] = sample(out, params, seed, n)
+        return results
+
+    def _row(self, step: _Step) -> Row:
+        stage = self.stage
+        sess = step.session
+        if sess.closed:
+            raise InvalidRequest(f"session {step.session_id} closed")
+        if sess.cache is None:
+            if self._pool is None:
+                self._pool = stage.new_pool(self.pages)
+            sess.cache = self._pool.allocate(sess.pages * PAGE_TOKENS)
+        if stage.embed is not None:
+            if step.hidden is not None or not step.tokens:
+                raise InvalidRequest("the first stage takes token ids, not hidden states")
+            if any(not 0 <= t < stage.vocab_size for t in step.tokens):
+                raise InvalidRequest("token id outside the vocabulary")
+            x = torch.tensor(list(step.tokens), dtype=torch.long)
+        else:
+            if step.hidden is None or step.tokens:
+                raise InvalidRequest(f"stage {stage.span} takes hidden states, not token ids")
+            x = blob_to_tensor(step.hidden, stage.hidden_size)[0]
+        sess.cache.check_step(step.start_pos, int(x.shape[0]))
+        return Row(x, step.start_pos, sess.cache, logits=step.sampling is not None)
 
     async def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.cancel()
+            await asyncio.gather(self._batcher, return_exceptions=True)
         for sid in list(self._sessions):
             await self.close_session(sid)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 _WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -18,9 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
+from ..errors import InvalidRequest
 from ..types import LayerSpan
-from .kv_cache import KVCache
+from .kv_cache import PAGE_TOKENS, KVCache, KVPool, kv_bytes_per_token
 from .sources import ModelSource
+from .step_plan import Row, StepPlan, plan_step
 from .weights import load_tensors
 
 log = logging.getLogger(__name__)
@@ -148,46 +150,74 @@ class StageModel:
                     total += p.numel() * p.element_size()
         return total
 
+    def kv_bytes_per_token(self) -> int:
+        return kv_bytes_per_token(self.span.count, self.shape.num_kv_heads, self.shape.head_dim, self.dtype)
+
+    def new_pool(self, pages: int, page_tokens: int = PAGE_TOKENS) -> KVPool:
+        return KVPool(self.span.count, self.shape.num_kv_heads, self.shape.head_dim, pages, self.dtype,
+                      self.device, page_tokens)
+
     def new_cache(self, capacity: int) -> KVCache:
-        return KVCache(
-            self.span.count, self.shape.num_kv_heads, self.shape.head_dim, capacity, self.dtype, self.device
-        )
+        """A cache in a pool of its own (tools and tests; the engine shares one pool among sessions)."""
+        pool = self.new_pool(-(-capacity // PAGE_TOKENS))
+        return pool.allocate(capacity)
 
     # --- compute ---------------------------------------------------------------------------------
 
     @torch.inference_mode()
     def forward(self, inputs: torch.Tensor, start_pos: int, cache: KVCache) -> torch.Tensor:
-        """Run one step for one session.
+        """One step of one session: token ids ``[1, S]`` (first span) or hidden states ``[1, S, D]`` in;
+        hidden states ``[1, S, D]`` out, or float32 logits of the last position ``[1, V]`` (last span)."""
+        out = self.forward_batch([Row(inputs[0], start_pos, cache)])[0]
+        assert out is not None
+        return out.unsqueeze(0) if self.lm_head is not None else out
 
-        inputs: token ids ``[1, S]`` (first span) or hidden states ``[1, S, D]``.
-        Returns hidden states ``[1, S, D]``, or float32 logits of the last position ``[1, V]`` (last span).
+    @torch.inference_mode()
+    def forward_batch(self, rows: list[Row]) -> list[torch.Tensor | None]:
+        """One batched step over rows of different sessions (each session at most once).
+
+        Returns per row (in the given order): hidden states ``[1, S, D]``; on the last span float32 logits
+        ``[V]`` of the row's last position, or None for a row that asked for no logits.
         """
-        n = inputs.shape[1]
-        cache.check_step(start_pos, n)
+        if not rows:
+            return []
+        if len({id(r.cache) for r in rows}) != len(rows):
+            raise InvalidRequest("a batch holds two steps of one session")
+        for r in rows:
+            r.cache.check_step(r.start_pos, r.n)
+        pool = rows[0].cache.pool
+        plan = plan_step(rows, self.device)
+        flat = [rows[i].x for i in plan.order]
         if self.embed is not None:
-            h = self.embed(inputs.to(self.device))  # [1, S, D]
+            ids = (torch.cat(flat) if len(flat) > 1 else flat[0]).to(self.device)
+            h = self.embed(ids.unsqueeze(0))  # [1, T, D]
         else:
-            h = inputs.to(device=self.device, dtype=self.dtype)
-        positions = torch.arange(start_pos, start_pos + n, device=self.device).unsqueeze(0)  # [1, S]
-        cos, sin = self.rotary(h, positions)  # [1, S, Dh]
-        masks: dict[int | None, torch.Tensor | None] = {}
+            x = torch.cat(flat) if len(flat) > 1 else flat[0]
+            h = x.to(device=self.device, dtype=self.dtype).unsqueeze(0)
+        cos, sin = self.rotary(h, plan.positions)  # [1, T, Dh]
+        cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # [T, 1, Dh]
+        chunk_masks: dict[tuple[int, int | None], torch.Tensor | None] = {}
         for i, layer in enumerate(self.layers):
-            window = self.windows[i]
-            if window not in masks:
-                masks[window] = self._mask(start_pos, n, window)
-            h = self._layer(layer, i, h, cos, sin, start_pos, cache, masks[window])
-        cache.commit(start_pos + n)
+            h = self._layer(layer, i, h, cos, sin, plan, pool, chunk_masks)
+        for r in rows:
+            r.cache.commit(r.start_pos + r.n)
         if self.lm_head is None:
-            return h
+            return [h[:, plan.offsets[i]: plan.offsets[i] + r.n] for i, r in enumerate(rows)]
         assert self.norm is not None
-        last = self.norm(h[:, -1:, :])
-        return self.lm_head(last)[:, -1, :].float()  # [1, V]
+        wanted = [i for i, r in enumerate(rows) if r.logits]
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        if wanted:
+            last = torch.tensor([plan.offsets[i] + rows[i].n - 1 for i in wanted], device=self.device)
+            logits = self.lm_head(self.norm(h[0, last])).float()  # [R, V]
+            for j, i in enumerate(wanted):
+                out[i] = logits[j]
+        return out
 
-    def _mask(self, start_pos: int, n: int, window: int | None) -> torch.Tensor | None:
-        """Boolean ``[S, K]`` mask (True = attend), or None where sdpa's causal flag suffices."""
+    def _chunk_mask(self, start_pos: int, n: int, window: int | None) -> torch.Tensor | None:
+        """Mask of a multi-token row: boolean ``[S, K]`` (True = attend), a bias, or None (sdpa's causal)."""
         kv_len = start_pos + n
         if window is None or kv_len <= window:
-            if start_pos == 0 or n == 1:
+            if start_pos == 0:
                 return None
             if self.device.type == "cuda":
                 # A later prefill chunk: causal aligned to the bottom right. As a bias object SDPA keeps its
@@ -202,27 +232,63 @@ class StageModel:
         return allowed
 
     def _layer(
-        self, layer: Any, idx: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-        start_pos: int, cache: KVCache, mask: torch.Tensor | None,
+        self, layer: Any, idx: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, plan: StepPlan,
+        pool: KVPool, chunk_masks: dict[tuple[int, int | None], torch.Tensor | None],
     ) -> torch.Tensor:
         attn = layer.self_attn
-        b, s, _ = x.shape
-        hd = self.shape.head_dim
+        t = x.shape[1]
+        hd, hkv = self.shape.head_dim, self.shape.num_kv_heads
         y = layer.input_layernorm(x)
-        q = attn.q_proj(y).view(b, s, -1, hd)
-        k = attn.k_proj(y).view(b, s, -1, hd)
-        v = attn.v_proj(y).view(b, s, -1, hd).transpose(1, 2)  # [B, Hkv, S, Dh]
+        q = attn.q_proj(y).view(t, -1, hd)  # [T, H, Dh]
+        k = attn.k_proj(y).view(t, -1, hd)  # [T, Hkv, Dh]
+        v = attn.v_proj(y).view(t, -1, hd)
         if hasattr(attn, "q_norm"):  # Qwen3-style per-head norms
             q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, S, Dh]
-        c, sn = cos.unsqueeze(1), sin.unsqueeze(1)
-        q = q * c + rotate_half(q) * sn
-        k = k * c + rotate_half(k) * sn
-        keys, values = cache.update(idx, start_pos, k, v)  # [B, Hkv, K, Dh]
-        out = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask, is_causal=mask is None and s > 1, scale=attn.scaling,
-            enable_gqa=self.shape.num_heads != self.shape.num_kv_heads,
-        )  # [B, H, S, Dh]
-        out = attn.o_proj(out.transpose(1, 2).reshape(b, s, -1))
-        h = x + out
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        pool_k, pool_v = pool.k[idx], pool.v[idx]  # [P, page, Hkv, Dh]
+        pool_k.view(-1, hkv, hd).index_copy_(0, plan.slots, k.to(pool_k.dtype))
+        pool_v.view(-1, hkv, hd).index_copy_(0, plan.slots, v.to(pool_v.dtype))
+        window = self.windows[idx]
+        outs = []
+        if plan.decode:
+            outs.append(self._decode_attention(attn, q[: plan.decode], pool_k, pool_v, plan, window))
+        for c in plan.chunks:
+            keys = pool_k[c.page_index].view(1, -1, hkv, hd)[:, : c.kv_len].transpose(1, 2)  # [1, Hkv, K, Dh]
+            vals = pool_v[c.page_index].view(1, -1, hkv, hd)[:, : c.kv_len].transpose(1, 2)
+            if (c.offset, window) not in chunk_masks:
+                chunk_masks[(c.offset, window)] = self._chunk_mask(c.start_pos, c.n, window)
+            mask = chunk_masks[(c.offset, window)]
+            qc = q[c.offset: c.offset + c.n].transpose(0, 1).unsqueeze(0)  # [1, H, S, Dh]
+            o = F.scaled_dot_product_attention(
+                qc, keys, vals, attn_mask=mask, is_causal=mask is None, scale=attn.scaling,
+                enable_gqa=self.shape.num_heads != hkv,
+            )  # [1, H, S, Dh]
+            outs.append(o[0].transpose(0, 1).reshape(c.n, -1))
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]  # [T, H*Dh]
+        h = x + attn.o_proj(out.unsqueeze(0))
         return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    def _decode_attention(
+        self, attn: Any, q: torch.Tensor, pool_k: torch.Tensor, pool_v: torch.Tensor, plan: StepPlan,
+        window: int | None,
+    ) -> torch.Tensor:
+        """Single-token rows at once. The query heads that share a KV head ride as that head's query
+        positions (``[Bd, Hkv, G, Dh]``), so grouped-query attention needs no repeated keys."""
+        bd = plan.decode
+        hd, hkv = self.shape.head_dim, self.shape.num_kv_heads
+        assert plan.decode_index is not None
+        keys = pool_k[plan.decode_index].view(bd, -1, hkv, hd)  # [Bd, K, Hkv, Dh]
+        vals = pool_v[plan.decode_index].view(bd, -1, hkv, hd)
+        if bd == 1:  # exact length (and window): no mask, the fastest kernels
+            kv = plan.decode_lens[0]
+            lo = max(0, kv - window) if window is not None else 0
+            keys, vals = keys[:, lo:kv], vals[:, lo:kv]
+            mask = None
+        else:
+            mask = plan.decode_mask(window, keys.shape[1], self.device)
+        o = F.scaled_dot_product_attention(
+            q.view(bd, hkv, -1, hd), keys.transpose(1, 2), vals.transpose(1, 2), attn_mask=mask,
+            scale=attn.scaling,
+        )  # [Bd, Hkv, G, Dh]
+        return o.reshape(bd, -1)

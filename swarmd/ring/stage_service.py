@@ -32,6 +32,7 @@ class StageSession:
     queue: asyncio.Queue[Forward] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
     last_active: float = field(default_factory=time.monotonic)
     worker: asyncio.Task[None] | None = None
+    held: Forward | None = None  # taken off the queue but not mergeable into the previous step
 
     @property
     def is_last(self) -> bool:
@@ -132,7 +133,11 @@ class StageService:
         params = SamplingParams(o.temperature, o.top_p, o.top_k, o.seed)
         stop = frozenset(o.stop_token_ids)
         while True:
-            fwd = await sess.queue.get()
+            if sess.held is not None:
+                fwd, sess.held = sess.held, None
+            else:
+                fwd = await sess.queue.get()
+            fwd = self._merge(sess, fwd)
             sess.last_active = time.monotonic()
             sampling = (params, o.seed, fwd.step) if fwd.sample and sess.is_last else None
             try:
@@ -157,6 +162,19 @@ class StageService:
                 code = exc.code if isinstance(exc, SwarmdError) else "peer_unavailable"
                 await self._fail(sess, code, str(exc))
                 return
+
+    def _merge(self, sess: StageSession, fwd: Forward) -> Forward:
+        """Join prefill chunks already queued behind ``fwd`` into one step, up to the engine's batch size:
+        when this stage is slower than its upstream, a long prompt costs fewer, larger forwards."""
+        limit = getattr(self.engine, "max_batch_tokens", 0)
+        while not fwd.sample and not sess.queue.empty():
+            nxt = sess.queue.get_nowait()
+            joined = join_chunks(fwd, nxt, limit)
+            if joined is None:
+                sess.held = nxt
+                break
+            fwd = joined
+        return fwd
 
     async def _fail(self, sess: StageSession, code: str, message: str) -> None:
         sid = sess.open.session_id
@@ -200,3 +218,23 @@ class StageService:
             await asyncio.wait([asyncio.ensure_future(n) for n in notices], timeout=2.0)
         for sess in sessions:
             await self._close(sess.open.session_id, "shutdown")
+
+
+def chunk_len(fwd: Forward) -> int:
+    return len(fwd.tokens) if fwd.hidden is None else int(fwd.hidden.shape[1])
+
+
+def join_chunks(a: Forward, b: Forward, limit: int) -> Forward | None:
+    """``a`` then ``b`` as one forward, or None when they are not consecutive chunks of one kind."""
+    if a.sample or b.start_pos != a.start_pos + chunk_len(a) or chunk_len(a) + chunk_len(b) > limit:
+        return None
+    if a.hidden is None and b.hidden is None:
+        if not a.tokens or not b.tokens:
+            return None
+        return Forward(a.session_id, a.start_pos, b.step, b.sample, a.tokens + b.tokens, None)
+    ha, hb = a.hidden, b.hidden
+    if ha is None or hb is None or a.tokens or b.tokens or ha.dtype != hb.dtype or len(ha.shape) != 3 \
+            or len(hb.shape) != 3 or ha.shape[0] != 1 or hb.shape[0] != 1 or ha.shape[2] != hb.shape[2]:
+        return None
+    blob = TensorBlob(ha.dtype, (1, ha.shape[1] + hb.shape[1], ha.shape[2]), bytes(ha.data) + bytes(hb.data))
+    return Forward(a.session_id, a.start_pos, b.step, b.sample, (), blob)

@@ -20,7 +20,7 @@ PER_TOKEN = 2 * 4 * 2 * 16 * 4  # K+V, 4 layers, 2 kv heads, head_dim 16, float3
 @pytest.fixture()
 def small_node(tiny_models: dict[str, Path]) -> Iterator[NodeThread]:
     tmp = Path(tempfile.mkdtemp(prefix="swd-", dir="/tmp"))
-    node = start_node(node_config(tmp, str(tiny_models["llama"]), kv_default_bytes=300 * PER_TOKEN))
+    node = start_node(node_config(tmp, str(tiny_models["llama"]), kv_default_bytes=320 * PER_TOKEN))
     assert node.node.engine.kv_per_token == PER_TOKEN
     yield node
     node.stop()
@@ -34,7 +34,7 @@ def kv_status(node: NodeThread) -> dict:  # type: ignore[type-arg]
 
 def test_kv_budget_full_gives_503_with_retry_after(small_node: NodeThread) -> None:
     engine = small_node.node.engine
-    small_node.call(lambda: engine.open_session("hog", 250))  # leaves room for 50 tokens
+    small_node.call(lambda: engine.open_session("hog", 256))  # 16 pages of 16: leaves room for 64 tokens
     body = {"prompt": "Hello", "max_tokens": 100, "temperature": 0}
     with uds_client(small_node.socket) as c:
         r = c.post("/v1/completions", json=body)
@@ -44,7 +44,7 @@ def test_kv_budget_full_gives_503_with_retry_after(small_node: NodeThread) -> No
         assert c.post("/v1/completions", json={**body, "max_tokens": 20}).status_code == 200  # fits beside
         small_node.call(lambda: engine.close_session("hog"))
         assert c.post("/v1/completions", json=body).status_code == 200
-    assert kv_status(small_node) == {"budget_bytes": 300 * PER_TOKEN, "used_bytes": 0, "sessions": 0}
+    assert kv_status(small_node) == {"budget_bytes": 320 * PER_TOKEN, "used_bytes": 0, "sessions": 0}
 
 
 def test_session_bigger_than_whole_budget_is_refused(small_node: NodeThread) -> None:
