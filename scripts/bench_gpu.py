@@ -127,7 +127,7 @@ def stream_times(sock: str, prompt: list[int], n: int) -> list[float]:
     return stamps
 
 
-def start_ring(root: Path, model: str, gpus: int, layers: int) -> list[subprocess.Popen[bytes]]:
+def start_ring(root: Path, model: str, gpus: int, layers: int, threads: int = 0) -> list[subprocess.Popen[bytes]]:
     from swarmd.keys import generate_key
 
     key = root / "swarm.key"
@@ -146,7 +146,8 @@ def start_ring(root: Path, model: str, gpus: int, layers: int) -> list[subproces
         args = [sys.executable, "-m", "swarmd.cli.swarmd_main", "--model", model, "--device", device,
                 "--layers", f"{cuts[i]}:{cuts[i + 1]}", "--listen", f"127.0.0.1:{ports[i]}", "--node-id", f"gpu{i}",
                 "--socket", str(root / f"n{i}.sock"), "--key-file", str(key), "--no-mdns", "--gossip", "local",
-                "--seconds-per-layer", "0.0005", *peers]
+                "--seconds-per-layer", "0.0005", "--kv-budget", os.environ.get("SWARMD_BENCH_KV", "16GiB"),
+                "--threads", str(threads), *peers]
         procs.append(subprocess.Popen(args, stdout=open(root / f"n{i}.log", "wb"), stderr=subprocess.STDOUT,
                                       cwd=REPO))
     deadline = time.monotonic() + 300
@@ -164,12 +165,44 @@ def start_ring(root: Path, model: str, gpus: int, layers: int) -> list[subproces
         time.sleep(0.5)
 
 
-def ring(model: str, gpus: int, layers: int, vocab: int, tokens: int) -> dict[str, object]:
+def complete(sock: str, prompt: list[int], tokens: int) -> str:
+    status, body = request(sock, "POST", "/v1/completions", {"prompt": prompt, "max_tokens": tokens, "temperature": 0})
+    assert status == 200, body[:300]
+    return str(json.loads(body)["choices"][0]["text"])
+
+
+def batch_agreement(sock: str, vocab: int, tokens: int, sessions: int = 16) -> dict[str, object]:
+    """Greedy output of each session run alone vs the same sessions run at once (batched at every stage)."""
+    import random
+
+    rng = random.Random(1)
+    prompts = [[rng.randrange(vocab) for _ in range(64)] for _ in range(sessions)]
+    alone = [complete(sock, p, tokens) for p in prompts]
+    again = [complete(sock, p, tokens) for p in prompts[:4]]  # control: is one session alone repeatable?
+    together: list[str] = [""] * sessions
+
+    def one(i: int) -> None:
+        together[i] = complete(sock, prompts[i], tokens)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(sessions)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    diverged = [None if a == b else next((j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                                          min(len(a), len(b)))
+                for a, b in zip(alone, together, strict=True)]
+    return {"batch_identical": sum(d is None for d in diverged), "batch_sessions": sessions,
+            "alone_repeat_identical": sum(a == b for a, b in zip(alone, again, strict=False)),
+            "batch_first_divergence_chars": [d for d in diverged if d is not None]}
+
+
+def ring(model: str, gpus: int, layers: int, vocab: int, tokens: int, threads: int = 0) -> dict[str, object]:
     import random
 
     rng = random.Random(0)
     root = Path(tempfile.mkdtemp(prefix="swb-", dir="/tmp"))
-    procs = start_ring(root, model, gpus, layers)
+    procs = start_ring(root, model, gpus, layers, threads)
     sock = str(root / "n0.sock")
     out: dict[str, object] = {}
     try:
@@ -199,6 +232,7 @@ def ring(model: str, gpus: int, layers: int, vocab: int, tokens: int) -> dict[st
             for th in threads:
                 th.join()
             out[f"tps_{b}"] = sum(done) / (time.perf_counter() - t)
+        out.update(batch_agreement(sock, vocab, tokens))
     finally:
         for p in procs:
             p.terminate()
@@ -216,6 +250,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--gpus", type=int, default=0, help="ring size besides 1 (0: every visible GPU)")
     ap.add_argument("--out", default=str(REPO / "bench" / "gpu_llama3_8b"))
+    ap.add_argument("--threads", type=lambda v: [int(x) for x in v.split(",")], default=[0],
+                    help="torch CPU threads per daemon, comma-separated: one ring per value (0: torch's default)")
     args = ap.parse_args()
     import torch
 
@@ -245,18 +281,26 @@ def main() -> None:
             cells = [r.get("ttft_128_ms"), r.get("ttft_2048_ms"), r.get("decode_ms"), ratio("decode_ms"),
                      r.get("tps_1"), r.get("tps_16"), r.get("tps_64"), ratio("tps_64")]
             lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.2f}" for c in cells) + " |")
+        for name, r in rows.items():
+            if "batch_sessions" in r:
+                lines.append(f"\n{name}: {r['batch_identical']}/{r['batch_sessions']} sessions run at once gave the "
+                             f"same greedy text as alone (first differing character: "
+                             f"{r['batch_first_divergence_chars'] or 'none'}; control: "
+                             f"{r.get('alone_repeat_identical')}/4 sessions run alone twice gave the same text).")
         out.with_suffix(".md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines), flush=True)
 
     rows["generate (1 GPU)"] = reference(preset, args.tokens)
     save()
     for n in sorted({1, gpus}):
-        try:
-            rows[f"ring of {n} (1 daemon/GPU)"] = ring(args.model, n, layers, vocab, args.tokens)
-        except Exception as exc:  # noqa: BLE001 - a failed ring is reported, the other rows kept
-            rows[f"ring of {n} (1 daemon/GPU)"] = {"error": str(exc)[-2000:]}
-            print(exc, flush=True)
-        save()
+        for threads in args.threads:
+            name = f"ring of {n} (1 daemon/GPU)" + (f", --threads {threads}" if len(args.threads) > 1 else "")
+            try:
+                rows[name] = ring(args.model, n, layers, vocab, args.tokens, threads)
+            except Exception as exc:  # noqa: BLE001 - a failed ring is reported, the other rows kept
+                rows[name] = {"error": str(exc)[-2000:]}
+                print(exc, flush=True)
+            save()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ def main() -> None:
 
     from swarmd.config import EngineConfig, ModelConfig
     from swarmd.engine.runtime import Engine, load_meta, load_stage
+    from swarmd.engine.step_plan import Row
     from swarmd.types import LayerSpan, SamplingParams
 
     model_cfg, engine_cfg = ModelConfig(source=args.model), EngineConfig(device=args.device, threads=0)
@@ -95,12 +96,61 @@ def main() -> None:
     eng = asyncio.run(through_engine())
     print(f"Engine.forward (worker thread) decode: p50 {statistics.median(eng):.2f} ms, min {min(eng):.2f} ms")
 
+    def batched(b: int, steps: int = 16, context: int = 160) -> list[float]:
+        """``b`` sessions decoding together: one forward_batch per step (what a stage runs under load)."""
+        pool = stage.new_pool(b * (-(-(context + steps + 1) // 16)))
+        caches = [pool.allocate(context + steps + 1) for _ in range(b)]
+        for c in caches:
+            stage.forward_batch([Row(torch.randint(0, stage.vocab_size, (context,)), 0, c)])
+        times = []
+        toks = [1] * b
+        for i in range(steps):
+            sync()
+            t = time.perf_counter()
+            rows = [Row(torch.tensor([toks[j]]), context + i, c) for j, c in enumerate(caches)]
+            out = stage.forward_batch(rows)
+            toks = torch.stack([o for o in out if o is not None]).argmax(-1).tolist()
+            sync()
+            times.append(1000 * (time.perf_counter() - t))
+        return times
+
+    for b in (1, 16, 64):
+        batched(b, 4)
+        t = batched(b)
+        print(f"forward_batch decode, {b} sessions: p50 {statistics.median(t):.2f} ms/step, "
+              f"{b * 1000 / statistics.median(t):.0f} tokens/s")
+
+    async def engine_sessions(b: int, steps: int = 32) -> float:
+        engine = Engine(stage, engine_cfg, 8 << 30)
+        greedy = SamplingParams(0.0, 1.0, 0, 1)
+
+        async def one(k: int) -> None:
+            await engine.open_session(f"s{k}", 128 + steps + 1)
+            tok = await engine.forward(f"s{k}", list(range(1 + k, 129 + k)), None, 0, (greedy, 1, 0))
+            for i in range(steps):
+                tok = await engine.forward(f"s{k}", [int(tok)], None, 128 + i, (greedy, 1, i + 1))  # type: ignore[arg-type]
+
+        t = time.perf_counter()
+        await asyncio.gather(*(one(k) for k in range(b)))
+        wall = time.perf_counter() - t
+        print(f"Engine, {b} concurrent sessions: {engine.batched_steps / engine.batches:.1f} steps per batch, "
+              f"{b * (steps + 1) / wall:.0f} tokens/s")
+        await engine.close()
+        return wall
+
+    for b in (16, 64):
+        asyncio.run(engine_sessions(b))
+
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         decode(5)
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=18, max_name_column_width=50))
+    with profile(activities=acts) as prof:
+        batched(64, 3)
+    print("64 sessions batched:")
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=50))
 
 
 if __name__ == "__main__":

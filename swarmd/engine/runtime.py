@@ -20,6 +20,7 @@ import torch
 from ..config import EngineConfig, ModelConfig
 from ..errors import ConfigError, InvalidRequest, StepTimeout, SwarmdError
 from ..types import LayerSpan, SamplingParams, TensorBlob
+from .batch_policy import MAX_WAIT_S, WAIT_FRACTION, next_gap, straggler_deadline
 from .kv_budget import KVBudget, Reservation
 from .kv_cache import PAGE_TOKENS, KVCache, KVPool
 from .loader import load_config, load_tokenizer
@@ -125,6 +126,8 @@ class _Session:
     reservation: Reservation
     cache: KVCache | None = None  # allocated by the worker thread at the session's first step
     closed: bool = False
+    last_done: float = 0.0  # loop time its last step's result was delivered
+    gap: float | None = None  # how long its next step usually takes to arrive after that
 
 
 @dataclass(eq=False)
@@ -164,6 +167,7 @@ class Engine:
         self._queue: collections.deque[_Step] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._batcher: asyncio.Task[None] | None = None
+        self._last_forward_s = 0.0
         self.batches = 0  # batched forwards run (for status and benchmarks)
         self.batched_steps = 0
 
@@ -209,6 +213,8 @@ class Engine:
             raise InvalidRequest(f"unknown session {session_id}")
         loop = asyncio.get_running_loop()
         step = _Step(session_id, sess, tokens, hidden, start_pos, sampling, loop.create_future())
+        if sess.last_done:
+            sess.gap = next_gap(sess.gap, loop.time() - sess.last_done)
         self._queue.append(step)
         if self._batcher is None:
             self._wake = asyncio.Event()
@@ -243,6 +249,25 @@ class Engine:
             self._queue.remove(step)
         return batch
 
+    def _straggler_deadline(self, now: float) -> float | None:
+        if sum(s.tokens_in for s in self._queue) >= self.max_batch_tokens:
+            return None
+        queued = {id(s.session) for s in self._queue}
+        idle = [(s.last_done, s.gap) for s in self._sessions.values()
+                if s.gap is not None and not s.closed and id(s) not in queued]
+        return straggler_deadline(now, idle, self._last_forward_s)
+
+    async def _settle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Let a burst of arriving steps land before taking a batch: the results of a whole batch upstream
+        arrive as back-to-back frames that the event loop dispatches one by one. Yields until two loop
+        turns add nothing (bounded by the straggler cap)."""
+        until = loop.time() + min(MAX_WAIT_S, WAIT_FRACTION * self._last_forward_s)
+        seen, quiet = len(self._queue), 0
+        while quiet < 2 and loop.time() < until:
+            await asyncio.sleep(0)
+            quiet = quiet + 1 if len(self._queue) == seen else 0
+            seen = len(self._queue)
+
     async def _batch_loop(self) -> None:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
@@ -250,7 +275,20 @@ class Engine:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
+                if len(self._sessions) > 1:  # a lone session never waits
+                    await self._settle(loop)
+                deadline = self._straggler_deadline(loop.time())
+                while deadline is not None and deadline > loop.time():
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
+                    except TimeoutError:
+                        break
+                    deadline = self._straggler_deadline(loop.time())
                 batch = self._take_batch()
+                if not batch:
+                    break
+                started = loop.time()
                 try:
                     results = await loop.run_in_executor(self._executor, self._run_batch, batch)
                 except BaseException as exc:  # noqa: BLE001 - a failed batch fails its steps, not the loop
@@ -259,9 +297,12 @@ class Engine:
                             step.future.cancel()
                         raise
                     results = [exc] * len(batch)
+                done = loop.time()
+                self._last_forward_s = done - started
                 self.batches += 1
                 self.batched_steps += len(batch)
                 for step, result in zip(batch, results, strict=True):
+                    step.session.last_done = done
                     if step.future.done():
                         continue
                     if isinstance(result, BaseException):
@@ -283,13 +324,18 @@ class Engine:
                 live.append(i)
             except SwarmdError as exc:
                 results[i] = exc
+        if rows and stage.embed is None:
+            rows, live = self._finite_rows(rows, live, results)
         if not rows:
             return results
         outs = stage.forward_batch(rows)
         if stage.lm_head is None:
-            for i, out in zip(live, outs, strict=True):
-                assert out is not None
-                results[i] = tensor_to_blob(out)
+            hidden = [out[0] for out in outs if out is not None]
+            host = torch.cat(hidden).to("cpu") if len(hidden) > 1 else hidden[0].to("cpu")  # one copy off the GPU
+            at = 0
+            for i, row in zip(live, rows, strict=True):
+                results[i] = tensor_to_blob(host[at: at + row.n].unsqueeze(0))
+                at += row.n
             return results
         sampled = [(i, out) for i, out in zip(live, outs, strict=True) if out is not None]
         greedy = [(i, out) for i, out in sampled if batch[i].sampling[0].greedy]  # type: ignore[index]
@@ -302,6 +348,21 @@ class Engine:
                 params, seed, n = batch[i].sampling  # type: ignore[misc]
                 results[i] = sample(out, params, seed, n)
         return results
+
+    def _finite_rows(self, rows: list[Row], live: list[int], results: list[Any]) -> tuple[list[Row], list[int]]:
+        """Move the batch's hidden states to the device in one copy and drop rows holding NaN or Inf."""
+        flat = (torch.cat([r.x for r in rows]) if len(rows) > 1 else rows[0].x).to(self.stage.device)
+        bad = set((~torch.isfinite(flat).all(dim=-1)).nonzero().flatten().tolist())  # token indices; one sync
+        kept_rows, kept = [], []
+        at = 0
+        for i, row in zip(live, rows, strict=True):
+            if bad.intersection(range(at, at + row.n)):
+                results[i] = InvalidRequest(NOT_FINITE)
+            else:
+                kept_rows.append(Row(flat[at: at + row.n], row.start_pos, row.cache, row.logits))
+                kept.append(i)
+            at += row.n
+        return kept_rows, kept
 
     def _row(self, step: _Step) -> Row:
         stage = self.stage
@@ -321,7 +382,7 @@ class Engine:
         else:
             if step.hidden is None or step.tokens:
                 raise InvalidRequest(f"stage {stage.span} takes hidden states, not token ids")
-            x = blob_to_tensor(step.hidden, stage.hidden_size)[0]
+            x = blob_to_tensor(step.hidden, stage.hidden_size, check_finite=False)[0]
         sess.cache.check_step(step.start_pos, int(x.shape[0]))
         return Row(x, step.start_pos, sess.cache, logits=step.sampling is not None)
 
@@ -334,16 +395,18 @@ class Engine:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
+NOT_FINITE = "hidden states contain NaN or Inf"
 _WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def blob_to_tensor(blob: TensorBlob, hidden_size: int) -> torch.Tensor:
-    """Hidden states off the wire: shape ``[1, S, hidden_size]``, finite values only."""
+def blob_to_tensor(blob: TensorBlob, hidden_size: int, check_finite: bool = True) -> torch.Tensor:
+    """Hidden states off the wire: shape ``[1, S, hidden_size]``, finite values only (the engine checks
+    that on the device instead, for a whole batch at once: 38 ms for 2,048 bf16 rows on a CPU core)."""
     if len(blob.shape) != 3 or blob.shape[0] != 1 or blob.shape[2] != hidden_size:
         raise InvalidRequest(f"hidden states of shape {list(blob.shape)}; this model needs [1, S, {hidden_size}]")
     t = torch.frombuffer(bytearray(blob.data), dtype=_WIRE_DTYPES[blob.dtype]).view(blob.shape)
-    if not bool(torch.isfinite(t).all()):
-        raise InvalidRequest("hidden states contain NaN or Inf")
+    if check_finite and not bool(torch.isfinite(t).all()):
+        raise InvalidRequest(NOT_FINITE)
     return t
 
 

@@ -92,7 +92,7 @@ class StageHost:
 
     @property
     def queue_depth(self) -> int:
-        return sum(sess.queue.qsize() for s in self.slots.values() if s.service is not None
+        return sum(sess.queue.qsize() + len(sess.pending) for s in self.slots.values() if s.service is not None
                    for sess in s.service.sessions.values())
 
     # --- routing ----------------------------------------------------------------------------------

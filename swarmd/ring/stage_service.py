@@ -32,7 +32,8 @@ class StageSession:
     queue: asyncio.Queue[Forward] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
     last_active: float = field(default_factory=time.monotonic)
     worker: asyncio.Task[None] | None = None
-    held: Forward | None = None  # taken off the queue but not mergeable into the previous step
+    # Taken off the queue (to look at what is waiting) but not run yet; runs before the queue.
+    pending: collections.deque[Forward] = field(default_factory=collections.deque)
 
     @property
     def is_last(self) -> bool:
@@ -133,10 +134,7 @@ class StageService:
         params = SamplingParams(o.temperature, o.top_p, o.top_k, o.seed)
         stop = frozenset(o.stop_token_ids)
         while True:
-            if sess.held is not None:
-                fwd, sess.held = sess.held, None
-            else:
-                fwd = await sess.queue.get()
+            fwd = sess.pending.popleft() if sess.pending else await sess.queue.get()
             fwd = self._merge(sess, fwd)
             sess.last_active = time.monotonic()
             sampling = (params, o.seed, fwd.step) if fwd.sample and sess.is_last else None
@@ -165,14 +163,28 @@ class StageService:
 
     def _merge(self, sess: StageSession, fwd: Forward) -> Forward:
         """Join prefill chunks already queued behind ``fwd`` into one step, up to the engine's batch size:
-        when this stage is slower than its upstream, a long prompt costs fewer, larger forwards."""
+        when this stage is slower than its upstream, a long prompt costs fewer, larger forwards. The first
+        chunk of a prompt that has stages after this one takes only half of what is waiting, so the next
+        stage starts on it while this one runs the other half (pipelined prefill)."""
         limit = getattr(self.engine, "max_batch_tokens", 0)
-        while not fwd.sample and not sess.queue.empty():
-            nxt = sess.queue.get_nowait()
-            joined = join_chunks(fwd, nxt, limit)
+        while not sess.queue.empty() and len(sess.pending) < QUEUE_LIMIT:
+            sess.pending.append(sess.queue.get_nowait())
+        if fwd.sample or not sess.pending:
+            return fwd
+        if fwd.start_pos == 0 and not sess.is_last:
+            waiting, end = chunk_len(fwd), fwd.start_pos + chunk_len(fwd)
+            for nxt in sess.pending:
+                if nxt.start_pos != end:
+                    break
+                waiting, end = waiting + chunk_len(nxt), end + chunk_len(nxt)
+                if nxt.sample:
+                    break
+            limit = min(limit, max(chunk_len(fwd), -(-waiting // 2)))
+        while sess.pending:
+            joined = join_chunks(fwd, sess.pending[0], limit)
             if joined is None:
-                sess.held = nxt
                 break
+            sess.pending.popleft()
             fwd = joined
         return fwd
 
@@ -197,7 +209,7 @@ class StageService:
             await asyncio.sleep(min(5.0, self.idle_timeout_s / 2))
             now = time.monotonic()
             for sid, sess in list(self.sessions.items()):
-                if now - sess.last_active > self.idle_timeout_s and sess.queue.empty():
+                if now - sess.last_active > self.idle_timeout_s and sess.queue.empty() and not sess.pending:
                     log.info("session %s idle for %.0fs: closed", sid[:8], now - sess.last_active)
                     await self._close(sid, "idle")
 

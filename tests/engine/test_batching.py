@@ -173,3 +173,27 @@ async def test_kv_pages_are_reserved_at_open_and_refused_when_full(
         await engine.open_session("b", 20)
     finally:
         await engine.close()
+
+
+async def test_hidden_states_with_nan_fail_only_their_own_step(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """The finiteness check runs on the device for the whole batch; a bad row is dropped from it."""
+    from swarmd.engine.runtime import tensor_to_blob
+
+    stage = load(tiny_models["llama"], tmp_path, 2, 4)
+    engine = Engine(stage, EngineConfig(), kv_budget_bytes=4 * 64 * stage.kv_bytes_per_token())
+    good = torch.randn(1, 5, stage.hidden_size)
+    bad = good.clone()
+    bad[0, 3, 7] = float("nan")
+    try:
+        await engine.open_session("good", 32)
+        await engine.open_session("bad", 32)
+        results = await asyncio.gather(
+            engine.forward("bad", [], tensor_to_blob(bad), 0, (GREEDY, 0, 0)),
+            engine.forward("good", [], tensor_to_blob(good), 0, (GREEDY, 0, 0)),
+            return_exceptions=True,
+        )
+        assert "NaN or Inf" in str(results[0])
+        want = stage.forward(good, 0, stage.new_cache(32))
+        assert results[1] == int(want.argmax())
+    finally:
+        await engine.close()

@@ -45,13 +45,29 @@ class FakeEngine:
     max_batch_tokens = 8
 
 
-async def test_a_stage_merges_what_is_queued_and_holds_back_the_rest() -> None:
-    hop = Hop("n", "127.0.0.1:1", 0, 4)
-    service = StageService(FakeEngine(), "n", send=None, idle_timeout_s=60)  # type: ignore[arg-type]
-    sess = StageSession(SessionOpen("s", hop, (hop,), 0, 64, 10, 4, 0.0, 1.0, 0, 0, ()))
+def session(hops: int) -> StageSession:
+    chain = tuple(Hop(f"n{i}", f"127.0.0.1:{i + 1}", i, i + 1) for i in range(hops))
+    return StageSession(SessionOpen("s", chain[0], chain, 0, 64, 10, 4, 0.0, 1.0, 0, 0, ()))
+
+
+async def test_the_last_stage_merges_what_is_queued_and_holds_back_the_rest() -> None:
+    service = StageService(FakeEngine(), "n0", send=None, idle_timeout_s=60)  # type: ignore[arg-type]
+    sess = session(1)
     for fwd in (tokens(2, 3), tokens(5, 3), tokens(8, 3, sample=True)):
         sess.queue.put_nowait(fwd)
     first = service._merge(sess, tokens(0, 2))
     assert first == Forward("s", 0, 0, False, tuple(range(8)), None)  # 2 + 3 + 3 = the limit of 8
-    assert sess.held == tokens(8, 3, sample=True) and sess.queue.empty()
+    assert list(sess.pending) == [tokens(8, 3, sample=True)] and sess.queue.empty()
     await asyncio.sleep(0)
+
+
+async def test_a_stage_with_stages_after_it_splits_a_waiting_prompt_in_two() -> None:
+    """Pipelined prefill: half now, so the next stage works on it while this one runs the rest."""
+    service = StageService(FakeEngine(), "n0", send=None, idle_timeout_s=60)  # type: ignore[arg-type]
+    sess = session(2)
+    for fwd in (tokens(1, 1), tokens(2, 1), tokens(3, 1), tokens(4, 1, sample=True)):
+        sess.queue.put_nowait(fwd)
+    first = service._merge(sess, tokens(0, 1))  # 5 positions waiting: 3 now
+    assert first.tokens == (0, 1, 2) and not first.sample
+    second = service._merge(sess, sess.pending.popleft())  # the rest at once
+    assert second.tokens == (3, 4) and second.sample and not sess.pending
