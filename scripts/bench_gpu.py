@@ -270,7 +270,8 @@ def main() -> None:
         head = ("| setup | TTFT 128 ms | TTFT 2048 ms | decode ms/token | vs generate | tok/s @1 | tok/s @16 "
                 "| tok/s @64 | @64 vs generate |")
         lines = [f"# Ring vs single-GPU generate ({args.model}, bf16, {results['gpu']})", "",
-                 f"`python scripts/bench_gpu.py --model {args.model}` — every row measured in the same run.", "",
+                 f"`{' '.join(['python scripts/bench_gpu.py', *sys.argv[1:]])}` on {results['gpus']} × "
+                 f"{results['gpu']} — every row measured in the same run.", "",
                  head, "|---|---|---|---|---|---|---|---|---|"]
         base = rows.get("generate (1 GPU)", {})
         for name, r in rows.items():

@@ -114,6 +114,39 @@ def main() -> None:
             times.append(1000 * (time.perf_counter() - t))
         return times
 
+    def agreement(b: int = 16, steps: int = 32, context: int = 64) -> None:
+        """Greedy decoding of ``b`` sessions batched vs each alone: the first step where a session's token
+        differs, and the logit margin (top-1 minus top-2, alone) at that step."""
+        gen = torch.Generator().manual_seed(3)
+        prompts = [torch.randint(0, stage.vocab_size, (context,), generator=gen) for _ in range(b)]
+
+        def run(together: bool) -> list[list[tuple[int, float]]]:
+            pool = stage.new_pool(b * (-(-(context + steps + 1) // 16)))
+            caches = [pool.allocate(context + steps + 1) for _ in range(b)]
+            out: list[list[tuple[int, float]]] = [[] for _ in range(b)]
+            groups = [list(range(b))] if together else [[j] for j in range(b)]
+            for group in groups:
+                for i in range(steps):
+                    rows = [Row(prompts[j] if i == 0 else torch.tensor([out[j][-1][0]]),
+                                0 if i == 0 else context + i - 1, caches[j]) for j in group]
+                    for j, logits in zip(group, stage.forward_batch(rows), strict=True):
+                        assert logits is not None
+                        top = torch.topk(logits.float(), 2).values.tolist()
+                        out[j].append((int(logits.argmax()), top[0] - top[1]))
+            return out
+
+        alone, together = run(False), run(True)
+        firsts = []
+        for a, t in zip(alone, together, strict=True):
+            k = next((i for i, (x, y) in enumerate(zip(a, t, strict=True)) if x[0] != y[0]), None)
+            firsts.append(None if k is None else (k, a[k][1]))
+        same = sum(f is None for f in firsts)
+        diverged = [f for f in firsts if f is not None]
+        print(f"batched vs alone, {b} sessions x {steps} greedy steps: {same}/{b} identical"
+              + ("; first divergences (step, alone top-1 minus top-2 logit): "
+                 + ", ".join(f"({k}, {m:.4f})" for k, m in diverged) if diverged else ""))
+
+    agreement()
     for b in (1, 16, 64):
         batched(b, 4)
         t = batched(b)

@@ -121,4 +121,6 @@ def status_document(node: Node) -> dict[str, Any]:
     if engine is not None:
         b = engine.budget
         doc["kv_cache"] = {"budget_bytes": b.capacity, "used_bytes": b.used, "sessions": b.sessions}
+        doc["batching"] = {"forwards": engine.batches, "steps": engine.batched_steps,
+                           "max_batch_tokens": engine.max_batch_tokens}
     return doc

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-MAX_WAIT_S = 0.005  # never hold a batch back longer than this
-WAIT_FRACTION = 0.5  # nor longer than this fraction of the last forward
+MAX_WAIT_S = 0.02  # never hold a batch back longer than this
+WAIT_FRACTION = 0.25  # nor longer than this fraction of the last forward
 GAP_SMOOTHING = 0.3  # weight of the newest gap in a session's running estimate
 
 

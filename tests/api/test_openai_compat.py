@@ -106,3 +106,28 @@ def test_health_and_status_document(llama_node: NodeThread) -> None:
     assert doc["peers"] == []
     assert doc["coverage"] == [{"layers": [0, 4], "replicas": 1}]
     assert doc["ring"] == ["test-node"]
+
+
+def test_concurrent_requests_share_forwards_and_each_gets_its_own_answer(llama_node: NodeThread) -> None:
+    """Continuous batching through the whole daemon: the texts equal the sequential ones, and the status
+    document shows steps of different sessions sharing forwards."""
+    import concurrent.futures
+
+    prompts = [[5 + i, 17, 42 + 3 * i, 99, 3] for i in range(8)]
+
+    def ask(prompt: list[int]) -> str:
+        with uds_client(llama_node.socket) as c:
+            r = c.post("/v1/completions", json={"prompt": prompt, "max_tokens": 24, "temperature": 0})
+            assert r.status_code == 200, r.text
+            return str(r.json()["choices"][0]["text"])
+
+    alone = [ask(p) for p in prompts]
+    with uds_client(llama_node.socket) as c:
+        before = c.get("/v1/swarm/status").json()["batching"]
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(ask, prompts))
+    with uds_client(llama_node.socket) as c:
+        after = c.get("/v1/swarm/status").json()["batching"]
+    assert together == alone
+    steps, forwards = after["steps"] - before["steps"], after["forwards"] - before["forwards"]
+    assert steps >= 8 * 24 and forwards < steps  # some forwards carried several sessions' steps
