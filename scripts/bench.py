@@ -36,11 +36,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 CONCURRENCY = (1, 4, 16, 64)
 
 
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
-
-
 def vm_hwm_mb(pid: int | str = "self") -> float:
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
         for line in f:
@@ -88,7 +83,7 @@ def at_once(sock: Path, prompts: list[list[int]], tokens: int) -> tuple[list[str
 
 
 def cpu_suite(args: argparse.Namespace) -> dict[str, object]:
-    from bench_ring import generate_timings, load_reference, ring_timings, spans
+    from bench_ring import generate_timings, latency_row, load_reference, ring_timings, spans
     from cluster import Cluster
 
     from swarmd.config import EngineConfig, ModelConfig
@@ -104,12 +99,7 @@ def cpu_suite(args: argparse.Namespace) -> dict[str, object]:
     rows: dict[str, dict[str, float]] = {}
 
     ref = load_reference(args.model, cache)
-    gaps: list[float] = []
-    for _ in range(args.runs):
-        gaps += generate_timings(ref, decode_prompt, args.tokens)[1]
-    row = {"decode_p50_ms": pct(gaps, 0.5) * 1e3, "decode_p99_ms": pct(gaps, 0.99) * 1e3}
-    for plen in (128, 512):
-        row[f"ttft_{plen}_ms"] = min(generate_timings(ref, ids[:plen], 1)[0] for _ in range(args.runs)) * 1e3
+    row = latency_row(lambda p, n, m=ref: generate_timings(m, p, n), decode_prompt, ids, args.tokens, args.runs)
     for b in CONCURRENCY:
         row[f"tps_{b}"] = generate_throughput(ref, batch_prompts[:b], args.batch_tokens)
     row["peak_rss_mb"] = vm_hwm_mb()
@@ -127,12 +117,7 @@ def cpu_suite(args: argparse.Namespace) -> dict[str, object]:
         try:
             sock = cluster.daemons[0].sock
             ring_timings(sock, decode_prompt, 8)  # warm-up
-            gaps = []
-            for _ in range(args.runs):
-                gaps += ring_timings(sock, decode_prompt, args.tokens)[1]
-            row = {"decode_p50_ms": pct(gaps, 0.5) * 1e3, "decode_p99_ms": pct(gaps, 0.99) * 1e3}
-            for plen in (128, 512):
-                row[f"ttft_{plen}_ms"] = min(ring_timings(sock, ids[:plen], 1)[0] for _ in range(args.runs)) * 1e3
+            row = latency_row(lambda p, k, s=sock: ring_timings(s, p, k), decode_prompt, ids, args.tokens, args.runs)
             for b in CONCURRENCY:
                 row[f"tps_{b}"] = at_once(sock, batch_prompts[:b], args.batch_tokens)[1]
             alone = [complete(sock, p, args.batch_tokens)[0] for p in batch_prompts[:8]]

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +74,18 @@ def generate_timings(ref, prompt_ids: list[int], n: int) -> tuple[float, list[fl
         ref.generate(torch.tensor([prompt_ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
                      stopping_criteria=StoppingCriteriaList([Clock()]))
     return stamps[0] - t0, [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+
+
+def latency_row(timings: Callable[[list[int], int], tuple[float, list[float]]], decode_prompt: list[int],
+                ids: list[int], tokens: int, runs: int) -> dict[str, float]:
+    """Decode ms/token p50/p99 (``runs`` generations of ``tokens``) and the best TTFT of 128 and 512 tokens."""
+    gaps: list[float] = []
+    for _ in range(runs):
+        gaps += timings(decode_prompt, tokens)[1]
+    row = {"decode_p50_ms": pct(gaps, 0.5) * 1e3, "decode_p99_ms": pct(gaps, 0.99) * 1e3}
+    for plen in (128, 512):
+        row[f"ttft_{plen}_ms"] = min(timings(ids[:plen], 1)[0] for _ in range(runs)) * 1e3
+    return row
 
 
 # --- the ring ---------------------------------------------------------------------------------------
@@ -170,12 +183,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     ref = load_reference(args.model, cache)
-    gaps: list[float] = []
-    for _ in range(args.runs):
-        gaps += generate_timings(ref, decode_prompt, args.tokens)[1]
-    row = {"decode_p50_ms": pct(gaps, 0.5) * 1e3, "decode_p99_ms": pct(gaps, 0.99) * 1e3}
-    for plen in (128, 512):
-        row[f"ttft_{plen}_ms"] = min(generate_timings(ref, ids[:plen], 1)[0] for _ in range(args.runs)) * 1e3
+    row = latency_row(lambda p, n, m=ref: generate_timings(m, p, n), decode_prompt, ids, args.tokens, args.runs)
     results["generate"] = row
     del ref
     print("generate", row, flush=True)
@@ -187,12 +195,7 @@ def main() -> None:
         try:
             sock = cluster.daemons[0].sock
             ring_timings(sock, decode_prompt, 8)  # warm-up
-            gaps = []
-            for _ in range(args.runs):
-                gaps += ring_timings(sock, decode_prompt, args.tokens)[1]
-            row = {"decode_p50_ms": pct(gaps, 0.5) * 1e3, "decode_p99_ms": pct(gaps, 0.99) * 1e3}
-            for plen in (128, 512):
-                row[f"ttft_{plen}_ms"] = min(ring_timings(sock, ids[:plen], 1)[0] for _ in range(args.runs)) * 1e3
+            row = latency_row(lambda p, k, s=sock: ring_timings(s, p, k), decode_prompt, ids, args.tokens, args.runs)
             results[f"ring{n}"] = row
             print(f"ring{n}", row, flush=True)
         finally:

@@ -177,7 +177,7 @@ async def test_kv_pages_are_reserved_at_open_and_refused_when_full(
 
 async def test_hidden_states_with_nan_fail_only_their_own_step(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     """The finiteness check runs on the device for the whole batch; a bad row is dropped from it."""
-    from swarmd.engine.runtime import tensor_to_blob
+    from swarmd.engine.wire_tensors import tensor_to_blob
 
     stage = load(tiny_models["llama"], tmp_path, 2, 4)
     engine = Engine(stage, EngineConfig(), kv_budget_bytes=4 * 64 * stage.kv_bytes_per_token())

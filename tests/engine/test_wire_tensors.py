@@ -7,7 +7,7 @@ import struct
 import pytest
 import torch
 
-from swarmd.engine.runtime import blob_to_tensor, tensor_to_blob
+from swarmd.engine.wire_tensors import blob_to_tensor, tensor_to_blob
 from swarmd.errors import InvalidRequest
 from swarmd.types import TensorBlob
 
