@@ -37,6 +37,17 @@ def wait_replicated(cluster: Cluster, entry: Daemon, timeout: float = 60) -> Non
         time.sleep(0.1)
 
 
+def serving_stage(cluster: Cluster, entry: Daemon, span: tuple[int, int] = (2, 4)) -> Daemon:
+    """The daemon that runs ``span`` for the session in flight, from each daemon's own status (the entry's
+    preferred ring may flip between two equally fast replicas from one moment to the next)."""
+    for d in cluster.daemons:
+        if d is entry or not d.alive():
+            continue
+        if any(s["layers"] == list(span) and s["sessions"] > 0 for s in status(d.sock)["spans"]):
+            return d
+    raise AssertionError(f"no daemon runs layers {span} for the session in flight")
+
+
 def test_kill_9_of_a_stage_mid_stream_loses_nothing(short_tmp: Path) -> None:
     runs = int(os.environ.get("SWARMD_FAILOVER_RUNS", "20"))
     model = make_tiny_model(short_tmp / "m4", "llama", layers=4, never_eos=True)
@@ -52,8 +63,7 @@ def test_kill_9_of_a_stage_mid_stream_loses_nothing(short_tmp: Path) -> None:
         for run in range(runs):
             cluster.wait_healthy(60)
             wait_replicated(cluster, entry)  # the node killed last run is back as a standby
-            ring = status(entry.sock)["ring"]
-            victim = next(d for d in cluster.daemons if d.name == ring[-1] and d is not entry)
+            victim: Daemon | None = None
             pieces: list[str] = []
             stamps: list[float] = []
             killed_at = None
@@ -72,6 +82,7 @@ def test_kill_9_of_a_stage_mid_stream_loses_nothing(short_tmp: Path) -> None:
                             pieces.append(choice["text"])
                             stamps.append(time.monotonic())
                         if len(stamps) == KILL_AT and killed_at is None:
+                            victim = serving_stage(cluster, entry)
                             victim.signal(signal.SIGKILL)
                             killed_at = time.monotonic()
             assert "".join(pieces) == tok.decode(want, skip_special_tokens=True), (run, cluster.logs())
@@ -79,7 +90,7 @@ def test_kill_9_of_a_stage_mid_stream_loses_nothing(short_tmp: Path) -> None:
             after = [t for t in stamps if killed_at is not None and t > killed_at]
             pauses.append(after[0] - killed_at if after and killed_at else float("nan"))
             gaps.append(max(b - a for a, b in zip(stamps, stamps[1:], strict=False)))
-            assert victim.proc is not None
+            assert victim is not None and victim.proc is not None
             victim.proc.wait(10)
             victim.start(dict(os.environ, SWARMD_CACHE_DIR=str(cluster.cache_dir), HF_HUB_OFFLINE="1"))
         print(f"pause from kill -9 to the next token over {runs} runs: "
@@ -111,12 +122,12 @@ def test_drain_of_a_stage_mid_stream_moves_its_session_and_leaves(short_tmp: Pat
     try:
         entry = cluster.daemons[0]
         wait_replicated(cluster, entry)
-        victim = next(d for d in cluster.daemons if d.name == status(entry.sock)["ring"][-1])
         result: dict[str, object] = {}
         worker = threading.Thread(target=stream_completion,
                                   args=(entry.sock, {"prompt": ids, "max_tokens": n, "temperature": 0}, result))
         worker.start()
         time.sleep(1.0)
+        victim = serving_stage(cluster, entry)
         drained = subprocess.run([sys.executable, "-m", "swarmd.cli.swarmctl", "--socket", str(victim.sock), "drain"],
                                  capture_output=True, text=True, timeout=30)
         assert drained.returncode == 0 and "draining" in drained.stdout, drained
@@ -147,7 +158,7 @@ def test_sigstop_of_a_stage_for_3s_replays_without_evicting_it(short_tmp: Path) 
     try:
         entry = cluster.daemons[0]
         wait_replicated(cluster, entry)
-        victim = next(d for d in cluster.daemons if d.name == status(entry.sock)["ring"][-1] and d is not entry)
+        victim: Daemon | None = None
         pieces: list[str] = []
         body = {"prompt": ids, "max_tokens": 300, "temperature": 0, "stream": True}
         with httpx.Client(transport=httpx.HTTPTransport(uds=str(entry.sock)), timeout=120) as c:
@@ -158,10 +169,12 @@ def test_sigstop_of_a_stage_for_3s_replays_without_evicting_it(short_tmp: Path) 
                         assert "error" not in chunk, (chunk, cluster.logs())
                         pieces.extend(choice["text"] for choice in chunk["choices"])
                         if len(pieces) == 100:
+                            victim = serving_stage(cluster, entry)
                             victim.signal(signal.SIGSTOP)
                             stopped_at = time.monotonic()
         assert "".join(pieces) == want, cluster.logs()
         time.sleep(max(0.0, stopped_at + 3.0 - time.monotonic()))
+        assert victim is not None
         victim.signal(signal.SIGCONT)
         time.sleep(6.0)  # past any suspicion timeout: a wrong verdict would have been reached by now
         for d in cluster.daemons:
