@@ -22,10 +22,15 @@ def next_gap(previous: float | None, observed: float) -> float:
     return observed if previous is None else (1 - GAP_SMOOTHING) * previous + GAP_SMOOTHING * observed
 
 
+def wait_cap(last_forward_s: float) -> float:
+    """The longest a batch may be held back, after a forward that took ``last_forward_s``."""
+    return min(MAX_WAIT_S, WAIT_FRACTION * last_forward_s)
+
+
 def straggler_deadline(now: float, idle: Iterable[tuple[float, float]], last_forward_s: float) -> float | None:
     """``idle``: (time its last result was delivered, gap estimate) of each open session with nothing
     queued. Returns when the next batch should start at the latest, or None to start it now."""
-    cap = min(MAX_WAIT_S, WAIT_FRACTION * last_forward_s)
+    cap = wait_cap(last_forward_s)
     if cap <= 0:
         return None
     due = [done + gap for done, gap in idle if gap <= cap and now <= done + 2 * gap + cap]

@@ -20,7 +20,7 @@ import torch
 from ..config import EngineConfig, ModelConfig
 from ..errors import ConfigError, InvalidRequest, StepTimeout, SwarmdError
 from ..types import LayerSpan, SamplingParams, TensorBlob
-from .batch_policy import MAX_WAIT_S, WAIT_FRACTION, next_gap, straggler_deadline
+from .batch_policy import next_gap, straggler_deadline, wait_cap
 from .kv_budget import KVBudget, Reservation
 from .kv_cache import PAGE_TOKENS, KVCache, KVPool
 from .loader import load_config, load_tokenizer
@@ -262,7 +262,7 @@ class Engine:
         """Let a burst of arriving steps land before taking a batch: the results of a whole batch upstream
         arrive as back-to-back frames that the event loop dispatches one by one. Yields until two loop
         turns add nothing (bounded by the straggler cap)."""
-        until = loop.time() + min(MAX_WAIT_S, WAIT_FRACTION * self._last_forward_s)
+        until = loop.time() + wait_cap(self._last_forward_s)
         seen, quiet = len(self._queue), 0
         while quiet < 2 and loop.time() < until:
             await asyncio.sleep(0)
