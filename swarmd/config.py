@@ -49,6 +49,9 @@ class EngineConfig:
     max_batch_tokens: int = 2048
     # Seconds of one decoder layer per decode token, as placement sees this node; None: measure at start.
     seconds_per_layer: float | None = None
+    # Tests only: this node negates every output it computes (a dishonest or broken member), so that
+    # output verification can be shown to catch it. Never set it on a real node.
+    corrupt_output: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,15 @@ class NetConfig:
     # Placement waits this long after start (to hear its peers) and after the last change of the view
     # before it loads or drops layers, so a burst of joins causes one rebalance, not several.
     settle_s: float = 2.0
+    # Output verification (entry side): the share of sessions whose steps are also computed by a second
+    # replica of one of their stages and compared (0 turns it off). A node this entry has not yet seen
+    # pass probation_steps checked steps is checked on every session that has a replica to compare with.
+    # A member found wrong by a third replica is quarantined for quarantine_s, gossiped to the swarm.
+    spot_check: float = 0.0
+    probation_steps: int = 32
+    quarantine_s: float = 3600.0
+    # Seed of the spot-check draws (tests: reproducible choices); None draws from the OS.
+    spot_check_seed: int | None = None
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,10 @@ from .membership.rebalance import capacity_of, model_shape
 from .membership.service import Membership
 from .membership.swim import MemberChanged, Swim
 from .membership.swim_config import SwimConfig
+from .membership.trust import Trust
 from .membership.view import SwarmView
 from .placer import Placer
+from .ring.audit import Auditor
 from .ring.entry import RingEntry
 from .ring.generation import Generation
 from .ring.router import Holder, plan_chain
@@ -114,9 +116,13 @@ class Node:
         self._codec: Any = None
         self.mesh = Mesh(cfg.net, keyring, self.node_id, self._hello, self._dispatch, self._peer_lost, self._resolve)
         self.host = StageHost(self.node_id, self.mesh.send, cfg.net.session_idle_s, self._spawn)
+        self.trust = Trust(cfg.net.quarantine_s)
+        self.auditor = Auditor(cfg.net.spot_check, cfg.net.probation_steps, self._replicas, cfg.net.spot_check_seed) \
+            if cfg.net.spot_check > 0 else None
         self.entry = RingEntry(Hop(self.node_id, "", 0, 0), self.mesh.send, self.plan,
                                accept_timeout_s=self.cfg.net.accept_timeout_s, answered_since=self.mesh.answered_since,
-                               nudge=self.mesh.nudge)
+                               nudge=self.mesh.nudge, auditor=self.auditor, audit_dtype=self._audit_dtype,
+                               on_dissent=self._dissent)
         self.view = SwarmView(self.node_id)
         self.membership: Membership | None = None
         self.swim_addr = ""
@@ -306,7 +312,9 @@ class Node:
         shape = model_shape(self.loaded.num_layers, p.params_per_layer, p.embed_params, p.head_params,
                             p.kv_per_token_layer, min(KV_RESERVE_TOKENS, self.max_context))
         nodes = [capacity_of(self.node_id, self._meta())]
-        nodes += [capacity_of(peer.node_id, peer.meta) for peer in self.view.live() if peer.meta is not None]
+        distrusted = self.distrusted()
+        nodes += [capacity_of(peer.node_id, peer.meta) for peer in self.view.live()
+                  if peer.meta is not None and peer.node_id not in distrusted]
         try:
             return place([n for n in nodes if n is not None], shape, PlacementConfig())
         except ValueError as exc:  # e.g. two members with one id: wait for gossip to settle it
@@ -323,7 +331,7 @@ class Node:
             __version__, PROTOCOL_VERSION, self.model_name, self.loaded.num_layers if self.loaded else 0,
             self.cfg.engine.device, int(self.memory_budget or 0), p.dtype_bytes if p else 0,
             float(p.seconds_per_layer) if p else 0.0, spans, self.host.session_count, self.host.queue_depth,
-            health, self.pinned,
+            health, self.pinned, self.trust.published(time.monotonic()),
         )
 
     def _publish(self) -> None:
@@ -375,9 +383,10 @@ class Node:
         out = [Holder(self.node_id, self.swim_addr, start, end, spl, 0.0, self.host.queue_depth)
                for start, end in self.host.serving()]
         rtt = self.membership.rtt_s if self.membership is not None else {}
+        distrusted = self.distrusted()
         for peer in self.view.live():
             link = self.mesh.links.get(peer.addr)
-            if link is not None and link.failing:
+            if (link is not None and link.failing) or peer.node_id in distrusted:
                 continue
             meta = peer.meta
             for start, end in peer.serving_spans():
@@ -397,6 +406,31 @@ class Node:
             if chain is not None:
                 return chain
         return plan_chain(holders, self.loaded.num_layers, prefer=self.node_id)
+
+    # --- output verification -------------------------------------------------------------------------
+
+    def distrusted(self) -> dict[str, list[str]]:
+        """Members not to route through (node id -> who quarantined it): own findings and gossiped ones."""
+        claims = {p.node_id: p.meta.quarantined for p in self.view.live() if p.meta is not None}
+        return self.trust.distrusted(time.monotonic(), self.node_id, claims)
+
+    def _replicas(self, start: int, end: int, leave_out: frozenset[str]) -> list[Hop]:
+        """Serving holders of exactly ``[start, end)`` outside ``leave_out``, cheapest first (shadows, referees)."""
+        found = [h for h in self.holders() if (h.start, h.end) == (start, end) and h.node_id not in leave_out]
+        return [Hop(h.node_id, h.addr, start, end) for h in sorted(found, key=lambda h: h.cost_s())]
+
+    def _audit_dtype(self, chain: Sequence[Hop]) -> str:
+        """The tolerance class of a chain's outputs: float32 only if every stage runs in 4-byte floats."""
+        widths = {int(self.profile.dtype_bytes) if self.profile is not None else 4}
+        widths |= {p.meta.dtype_bytes for h in chain if (p := self.view.peers.get(h.node_id)) and p.meta}
+        return "float32" if widths == {4} else "bfloat16"
+
+    def _dissent(self, node_id: str, why: str) -> None:
+        log.warning("quarantining %s for %.0fs: %s", node_id, self.trust.quarantine_s, why)
+        self.trust.quarantine(node_id, time.monotonic(), why)
+        self._publish()
+        if self.placer is not None:
+            self.placer.view_changed()
 
     def step_estimate(self) -> float | None:
         """Expected seconds of one decode step of the current best chain (gossiped speeds, measured

@@ -26,6 +26,7 @@ def _ms(seconds: float | None) -> float | None:
 def _peers(node: Node) -> list[dict[str, Any]]:
     now = time.monotonic()
     ms = node.membership
+    distrusted = node.distrusted()
     out: list[dict[str, Any]] = []
     for peer in sorted(node.view.peers.values(), key=lambda p: p.node_id):
         meta = peer.meta
@@ -47,6 +48,7 @@ def _peers(node: Node) -> list[dict[str, Any]]:
             "incarnation": peer.incarnation,
             "software": meta.software if meta else None,
             "connection": link.state if link is not None else "none",
+            "quarantined_by": distrusted.get(peer.node_id, []),
             **({"error": peer.meta_problem} if peer.meta_problem else {}),
         })
     members = {p["addr"] for p in out}
@@ -56,6 +58,20 @@ def _peers(node: Node) -> list[dict[str, Any]]:
             out.append({"node_id": None, "addr": addr, "state": "rejected", "layers": None, "device": None,
                         "connection": link.state, "error": why})
     return out
+
+
+def _verification(node: Node) -> dict[str, Any]:
+    """Output checks this node ran as an entry, and who is quarantined (by whom)."""
+    auditor = node.auditor
+    now = time.monotonic()
+    return {
+        "spot_check": node.cfg.net.spot_check,
+        "probation_steps": node.cfg.net.probation_steps,
+        **(vars(auditor.stats) if auditor is not None else {}),
+        "quarantined": [{"node_id": n, "by": by} for n, by in sorted(node.distrusted().items())],
+        "own_findings": [{"node_id": q.node_id, "why": q.why, "expires_in_s": round(q.until - now, 1)}
+                         for q in node.trust.own(now)],
+    }
 
 
 def _layer_replicas(holders: list[Holder], num_layers: int) -> list[int]:
@@ -102,6 +118,7 @@ def status_document(node: Node) -> dict[str, Any]:
         "loading": node._load_progress if node.state == NodeState.STARTING else None,
         "rejected_connections": dict(node.mesh.server.rejected),
         "failover": {"replays": node.replays, "last": node.last_replay},
+        "verification": _verification(node),
         "placement": {
             "mode": "pinned" if node.pinned else "auto",
             "target": (list(t) if (t := plan.spans.get(node.node_id)) else None) if plan else None,

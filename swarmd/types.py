@@ -56,6 +56,15 @@ class SamplingParams:
 
 
 @dataclass(frozen=True, slots=True)
+class TopLogits:
+    """What a last stage reports instead of only a token when its output is being verified."""
+
+    token: int  # the token it samples, as it would have sent it on
+    ids: tuple[int, ...]  # the largest logits, largest first
+    logits: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """A tokenised prompt and everything that decides when generation stops."""
 

@@ -61,6 +61,13 @@ def _gossip(text: str) -> str:
     return text
 
 
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"expected a share between 0 and 1, got {text!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Option:
     flag: str  # "--memory-budget"
@@ -116,6 +123,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("--settle", "net", "settle_s", float, "seconds placement waits for the view to settle"),
     Option("--seconds-per-layer", "engine", "seconds_per_layer", float,
            "this node's speed for placement (default: measured at start)"),
+    Option("--spot-check", "net", "spot_check", _rate,
+           "share of sessions whose outputs a second replica verifies (0-1; 0: off)"),
+    Option("--probation-steps", "net", "probation_steps", int,
+           "checked steps a node must pass before it is spot-checked only at --spot-check's rate"),
+    Option("--quarantine", "net", "quarantine_s", float, "seconds a member found computing wrong stays out"),
+    Option("--spot-check-seed", "net", "spot_check_seed", int, "seed of the spot-check draws (tests)"),
+    Option("--test-corrupt-output", "engine", "corrupt_output", _bool,
+           "TESTS ONLY: negate every output this node computes", kind="bool"),
     Option("--node-id", "", "node_id", str, "this node's id (default: hostname + random suffix)"),
     Option("--log-level", "", "log_level", _level, "DEBUG, INFO, WARNING or ERROR"),
     Option("--drain-timeout", "", "drain_timeout_s", float, "seconds in-flight sessions get on shutdown"),

@@ -19,7 +19,7 @@ import torch
 
 from ..config import EngineConfig, ModelConfig
 from ..errors import ConfigError, InvalidRequest, StepTimeout, SwarmdError
-from ..types import LayerSpan, SamplingParams, TensorBlob
+from ..types import LayerSpan, SamplingParams, TensorBlob, TopLogits
 from .batch_policy import next_gap, straggler_deadline, wait_cap
 from .kv_budget import KVBudget, Reservation
 from .kv_cache import PAGE_TOKENS, KVCache, KVPool
@@ -28,13 +28,15 @@ from .sampling import sample
 from .sources import ModelSource, resolve_source
 from .stage import StageModel
 from .step_plan import Row
-from .wire_tensors import NOT_FINITE, blob_to_tensor, tensor_to_blob
+from .wire_tensors import IMPLAUSIBLE, MAX_HIDDEN_ABS, NOT_FINITE, blob_to_tensor, tensor_to_blob
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Progress = Callable[[str, int, int], None]
 
+# Logits a last stage reports per checked step (its entry compares the chosen token against them).
+REPORT_TOP = 16
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -139,7 +141,8 @@ class _Step:
     hidden: TensorBlob | None
     start_pos: int
     sampling: tuple[SamplingParams, int, int] | None
-    future: asyncio.Future[int | TensorBlob | None]
+    future: asyncio.Future[int | TensorBlob | TopLogits | None]
+    report: bool = False  # last span: return the top logits with the token (output verification)
 
     @property
     def tokens_in(self) -> int:
@@ -202,18 +205,18 @@ class Engine:
 
     async def forward(
         self, session_id: str, tokens: Sequence[int], hidden: TensorBlob | None, start_pos: int,
-        sampling: tuple[SamplingParams, int, int] | None,
-    ) -> int | TensorBlob | None:
+        sampling: tuple[SamplingParams, int, int] | None, report: bool = False,
+    ) -> int | TensorBlob | TopLogits | None:
         """One step with wire-format inputs and outputs (what a ring stage does).
 
-        Returns the sampled token (last span, ``sampling`` given), hidden states to forward (not last),
-        or None (last span, a prefill chunk that samples nothing).
+        Returns the sampled token (last span, ``sampling`` given; with ``report``, the token and the top
+        logits), hidden states to forward (not last), or None (last span, a prefill chunk that samples nothing).
         """
         sess = self._sessions.get(session_id)
         if sess is None:
             raise InvalidRequest(f"unknown session {session_id}")
         loop = asyncio.get_running_loop()
-        step = _Step(session_id, sess, tokens, hidden, start_pos, sampling, loop.create_future())
+        step = _Step(session_id, sess, tokens, hidden, start_pos, sampling, loop.create_future(), report)
         if sess.last_done:
             sess.gap = next_gap(sess.gap, loop.time() - sess.last_done)
         self._queue.append(step)
@@ -330,6 +333,8 @@ class Engine:
         if not rows:
             return results
         outs = stage.forward_batch(rows)
+        if self.cfg.corrupt_output:  # tests only: a member that computes wrong answers
+            outs = [None if out is None else -out for out in outs]
         if stage.lm_head is None:
             hidden = [out[0] for out in outs if out is not None]
             host = torch.cat(hidden).to("cpu") if len(hidden) > 1 else hidden[0].to("cpu")  # one copy off the GPU
@@ -348,17 +353,24 @@ class Engine:
             if results[i] is None:
                 params, seed, n = batch[i].sampling  # type: ignore[misc]
                 results[i] = sample(out, params, seed, n)
+            if batch[i].report:
+                top = torch.topk(out, min(REPORT_TOP, int(out.shape[-1])))
+                results[i] = TopLogits(int(results[i]), tuple(int(t) for t in top.indices.tolist()),
+                                       tuple(float(v) for v in top.values.tolist()))
         return results
 
     def _finite_rows(self, rows: list[Row], live: list[int], results: list[Any]) -> tuple[list[Row], list[int]]:
-        """Move the batch's hidden states to the device in one copy and drop rows holding NaN or Inf."""
+        """Move the batch's hidden states to the device in one copy and drop rows holding NaN, Inf or
+        values beyond ``MAX_HIDDEN_ABS`` (NaN fails the comparison too: one pass, one sync)."""
         flat = (torch.cat([r.x for r in rows]) if len(rows) > 1 else rows[0].x).to(self.stage.device)
-        bad = set((~torch.isfinite(flat).all(dim=-1)).nonzero().flatten().tolist())  # token indices; one sync
+        sane = flat.abs() <= MAX_HIDDEN_ABS
+        bad = set((~sane.all(dim=-1)).nonzero().flatten().tolist())  # token indices
         kept_rows, kept = [], []
         at = 0
         for i, row in zip(live, rows, strict=True):
             if bad.intersection(range(at, at + row.n)):
-                results[i] = InvalidRequest(NOT_FINITE)
+                nonfinite = not bool(torch.isfinite(flat[at: at + row.n]).all())
+                results[i] = InvalidRequest(NOT_FINITE if nonfinite else IMPLAUSIBLE)
             else:
                 kept_rows.append(Row(flat[at: at + row.n], row.start_pos, row.cache, row.logits))
                 kept.append(i)

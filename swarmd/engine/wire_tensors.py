@@ -8,6 +8,10 @@ from ..errors import InvalidRequest
 from ..types import TensorBlob
 
 NOT_FINITE = "hidden states contain NaN or Inf"
+IMPLAUSIBLE = "hidden states of implausible magnitude"
+# Hidden states beyond this are taken as a broken or dishonest upstream (real models stay in the
+# thousands, even their outlier "massive activations").
+MAX_HIDDEN_ABS = 1e6
 _WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

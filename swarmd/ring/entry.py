@@ -9,12 +9,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import CapacityError, KVBudgetExceeded, NoChain, PeerUnavailable, StepTimeout, SwarmdError, Unresponsive
 from ..types import GenerationRequest
-from ..wire.messages import Forward, Hop, Message, SessionAccepted, SessionClose, SessionError, SessionOpen, TokenOut
+from ..wire.messages import (
+    AuditSample,
+    Forward,
+    Hop,
+    Message,
+    SessionAccepted,
+    SessionClose,
+    SessionError,
+    SessionOpen,
+    TokenOut,
+)
+from .audit import Auditor, AuditPlan, SessionAudit
+from .samples import Evidence, agree
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +40,12 @@ Planner = Callable[[frozenset[str], frozenset[str]], list[Hop] | None]
 class StageFailed(SwarmdError):
     status = 502
     code = "stage_failed"
+
+
+class OutputMismatch(StageFailed):
+    """A referee found the audited stage's output wrong: the session is replayed without it."""
+
+    code = "output_mismatch"
 
 
 def error_from(msg: SessionError) -> SwarmdError:
@@ -60,6 +79,10 @@ class RingSession:
         self.inbox: asyncio.Queue[Token | SwarmdError] = asyncio.Queue()
         self.pending: dict[str, asyncio.Future[None]] = {}
         self.closed = False
+        self.plan: AuditPlan | None = None  # the audit asked for at open
+        self.audit: SessionAudit | None = None  # set once the shadow accepted
+        self.report_hop = -1  # a referee session: this hop reports its output instead of going on
+        self.reports: asyncio.Queue[AuditSample] = asyncio.Queue(maxsize=64)  # a referee's reports
 
     async def open(self, timeout: float) -> None:
         """Send SessionOpen to every stage at once and wait until all accepted, at most ``timeout``.
@@ -73,10 +96,14 @@ class RingSession:
         self.pending = {h.node_id: loop.create_future() for h in self.chain}
         sp = req.sampling
 
-        async def open_hop(i: int, hop: Hop) -> None:
-            msg = SessionOpen(self.session_id, e.self_hop, tuple(self.chain), i,
-                              len(req.prompt_ids) + req.max_tokens, len(req.prompt_ids), req.max_tokens,
-                              sp.temperature, sp.top_p, sp.top_k, self.seed, tuple(sorted(req.stop_token_ids)))
+        plan = self.plan
+        base = SessionOpen(self.session_id, e.self_hop, tuple(self.chain), 0,
+                           len(req.prompt_ids) + req.max_tokens, len(req.prompt_ids), req.max_tokens,
+                           sp.temperature, sp.top_p, sp.top_k, self.seed, tuple(sorted(req.stop_token_ids)),
+                           plan.hop if plan else -1, plan.verifier if plan else None)
+
+        async def open_hop(i: int, hop: Hop, report: bool = False) -> None:
+            msg = replace(base, hop=i, report=report or i == self.report_hop)
             try:
                 await e.send(hop, msg)
             except PeerUnavailable as exc:
@@ -85,6 +112,28 @@ class RingSession:
             e.nudge(hop.node_id)
             await self.pending[hop.node_id]
 
+        shadow = None
+        if plan is not None:
+            self.pending[plan.verifier.node_id] = loop.create_future()
+            shadow = asyncio.ensure_future(open_hop(plan.hop, plan.verifier, report=True))
+        try:
+            await self._open_chain(open_hop, timeout)
+        except BaseException:
+            if shadow is not None:
+                shadow.cancel()
+            raise
+        if shadow is not None and plan is not None:
+            try:  # a shadow that cannot join costs this session its check, nothing more
+                await asyncio.wait_for(shadow, max(e.accept_timeout_s, 0.05))
+                self.audit = SessionAudit(plan, list(self.chain), e.audit_dtype(self.chain), sp.temperature <= 0)
+            except (SwarmdError, OSError, TimeoutError) as exc:
+                log.info("session %s: shadow %s did not join (%s); not checked", self.session_id[:8],
+                         plan.verifier.node_id, exc)
+                if e.auditor is not None:
+                    e.auditor.stats.abandoned += 1
+
+    async def _open_chain(self, open_hop: Callable[[int, Hop], Awaitable[None]], timeout: float) -> None:
+        e = self.entry
         tasks = {asyncio.ensure_future(open_hop(i, hop)): hop.node_id for i, hop in enumerate(self.chain)}
         deadline = time.monotonic() + timeout
         try:
@@ -119,11 +168,17 @@ class RingSession:
             n = min(chunk, end - pos)
             last = pos + n == end
             part = tuple(token_ids[pos - start_pos: pos - start_pos + n])
+            fwd = Forward(self.session_id, pos, step, last, part, None)
             try:
-                await self.entry.send(first, Forward(self.session_id, pos, step, last, part, None))
+                await self.entry.send(first, fwd)
             except PeerUnavailable as exc:
                 exc.failed_node = first.node_id
                 raise
+            if self.audit is not None and self.audit.plan.hop == 0 and self.audit.abandoned is None:
+                try:  # the entry feeds the first hop, so it feeds its shadow too
+                    await self.entry.send(self.audit.plan.verifier, fwd)
+                except (SwarmdError, OSError) as exc:
+                    self.audit.abandon(f"shadow unreachable: {exc}")
             pos += n
 
     async def next_token(self, timeout: float) -> Token:
@@ -150,7 +205,8 @@ class RingSession:
             except (SwarmdError, OSError) as exc:
                 log.debug("close of %s not delivered to %s: %s", self.session_id[:8], hop.node_id, exc)
 
-        sends = [asyncio.ensure_future(close_hop(hop)) for hop in self.chain]
+        hops = list(self.chain) + ([self.plan.verifier] if self.plan is not None else [])
+        sends = [asyncio.ensure_future(close_hop(hop)) for hop in hops]
         _, late = await asyncio.wait(sends, timeout=CLOSE_WAIT_S)
         for task in late:
             task.cancel()
@@ -161,13 +217,18 @@ class RingEntry:
 
     def __init__(self, self_hop: Hop, send: Send, planner: Planner, *, accept_timeout_s: float = 0.5,
                  answered_since: Callable[[str, float], bool] = lambda node_id, since: True,
-                 nudge: Callable[[str], None] = lambda node_id: None) -> None:
+                 nudge: Callable[[str], None] = lambda node_id: None, auditor: Auditor | None = None,
+                 audit_dtype: Callable[[Sequence[Hop]], str] = lambda chain: "float32",
+                 on_dissent: Callable[[str, str], None] = lambda node_id, why: None) -> None:
         self.self_hop = self_hop
         self.send = send
         self.planner = planner
         self.accept_timeout_s = accept_timeout_s  # a stage silent this long while opening is unreachable
         self.answered_since = answered_since  # (node id, since) -> it answered a ping since then
         self.nudge = nudge  # ping a node's link now
+        self.auditor = auditor  # output verification (None: off)
+        self.audit_dtype = audit_dtype  # the dtype whose tolerance applies to a chain's outputs
+        self.on_dissent = on_dissent  # (node id, why): a referee found this member computing wrong
         self.sessions: dict[str, RingSession] = {}
 
     async def open(self, session_id: str, request: GenerationRequest, seed: int, timeout: float,
@@ -179,6 +240,8 @@ class RingEntry:
             raise NoChain("no chain of reachable nodes covers every layer of the model"
                           + (f" without {', '.join(sorted(exclude))}, which did not answer" if exclude else ""))
         sess = RingSession(self, session_id, chain, request, seed)
+        if self.auditor is not None:
+            sess.plan = self.auditor.choose(chain)
         self.sessions[session_id] = sess
         try:
             await sess.open(timeout)
@@ -187,20 +250,83 @@ class RingEntry:
             raise
         return sess
 
+    async def referee(self, sess: RingSession, step: int, history: Sequence[int], chunk: int,
+                      timeout: float) -> str | None:
+        """Settle a disagreement at ``step`` between the audited hop of ``sess`` and its shadow: a third
+        replica of the span, fed ``history`` through the same upstream hops, computes the step again. The
+        party it contradicts (and the other agrees with it) is reported to ``on_dissent`` and returned;
+        None when no third replica exists or its answer settles nothing."""
+        audit = sess.audit
+        assert audit is not None and self.auditor is not None
+        stats = self.auditor.stats
+        hop, shadow = audit.audited, audit.plan.verifier
+        leave_out = frozenset(h.node_id for h in sess.chain) | {shadow.node_id}
+        judges = self.auditor.replicas(hop.start, hop.end, leave_out)
+        observed, claimed = audit.observed.get(step), audit.shadow.get(step)
+        if not judges or observed is None or claimed is None:
+            stats.inconclusive += 1
+            log.warning("session %s: %s and its shadow %s disagree at step %d and no third replica can decide",
+                        sess.session_id[:8], hop.node_id, shadow.node_id, step)
+            return None
+        stats.referees += 1
+        chain = [*sess.chain[: audit.plan.hop], judges[0]]
+        request = replace(sess.request, prompt_ids=tuple(history), max_tokens=1)
+        ref = RingSession(self, uuid.uuid4().hex, chain, request, sess.seed)
+        ref.report_hop = len(chain) - 1
+        self.sessions[ref.session_id] = ref
+        try:
+            await ref.open(timeout)
+            await ref.feed(history, 0, chunk, step)
+            async with asyncio.timeout(timeout):
+                while (msg := await ref.reports.get()).step != step:
+                    pass
+            truth = Evidence.of(msg)
+        except (SwarmdError, OSError, TimeoutError) as exc:
+            stats.inconclusive += 1
+            log.warning("session %s: referee %s failed: %s", sess.session_id[:8], judges[0].node_id, exc)
+            return None
+        finally:
+            await ref.close("referee done")
+        first_ok = agree(truth, observed, audit.dtype, audit.greedy)
+        shadow_ok = agree(truth, claimed, audit.dtype, audit.greedy)
+        if first_ok == shadow_ok:
+            stats.inconclusive += 1
+            return None
+        wrong = shadow.node_id if first_ok else hop.node_id
+        stats.quarantined += 1
+        self.on_dissent(wrong, f"output of layers [{hop.start}, {hop.end}) at step {step} contradicted by "
+                               f"{judges[0].node_id} and {(hop if first_ok else shadow).node_id}")
+        return wrong
+
     def handle(self, msg: Message, sender: str) -> None:
         sess = self.sessions.get(getattr(msg, "session_id", ""))
         if sess is None:
             return
         if isinstance(msg, TokenOut):
-            if sender != sess.chain[-1].node_id:
+            if sender != sess.chain[-1].node_id or sess.report_hop >= 0:
                 log.warning("token for %s from %s, not the last stage: dropped", sess.session_id[:8], sender)
                 return
+            if sess.audit is not None:
+                sess.audit.token(msg.step, msg.token)
             sess.inbox.put_nowait(Token(msg.step, msg.token, msg.done))
+        elif isinstance(msg, AuditSample):
+            if sess.report_hop >= 0:
+                if sender == sess.chain[sess.report_hop].node_id and not sess.reports.full():
+                    sess.reports.put_nowait(msg)
+            elif sess.audit is not None:
+                sess.audit.receive(sender, msg)
         elif isinstance(msg, SessionAccepted):
             fut = sess.pending.get(sender)
             if fut is not None and not fut.done() and msg.node_id == sender:
                 fut.set_result(None)
         elif isinstance(msg, SessionError):
+            if sess.plan is not None and sender == sess.plan.verifier.node_id == msg.node_id:
+                fut = sess.pending.get(sender)
+                if fut is not None and not fut.done():
+                    fut.set_exception(error_from(msg))
+                elif sess.audit is not None:
+                    sess.audit.abandon(f"shadow failed: {msg.message}")
+                return
             if sender not in {h.node_id for h in sess.chain} or msg.node_id != sender:
                 return
             err = error_from(msg)
@@ -215,6 +341,8 @@ class RingEntry:
     def peer_lost(self, node_id: str) -> None:
         """A node dropped off: every session routed through it fails now rather than at its timeout."""
         for sess in list(self.sessions.values()):
+            if sess.audit is not None and sess.audit.plan.verifier.node_id == node_id:
+                sess.audit.abandon(f"lost the connection to shadow {node_id}")
             if any(h.node_id == node_id for h in sess.chain):
                 err = StageFailed(f"lost the connection to stage {node_id}")
                 err.failed_node = node_id

@@ -24,12 +24,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import InvalidRequest, NoChain, PeerUnavailable, ProtocolError, StepTimeout, SwarmdError, Unresponsive
 from ..types import FinishReason, GenerationRequest
 from ..wire.messages import Hop
-from .entry import StageFailed, Token
+from .audit import SessionAudit
+from .entry import OutputMismatch, StageFailed, Token
 from .textstream import TextStream
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class TokenSource(Protocol):
 
     session_id: str
     chain: list[Hop]
+    audit: SessionAudit | None
 
     async def feed(self, token_ids: Sequence[int], start_pos: int, chunk: int, step: int = 0) -> None: ...
     async def next_token(self, timeout: float) -> Token: ...
@@ -49,6 +51,8 @@ class TokenSource(Protocol):
 class Opener(Protocol):
     async def open(self, session_id: str, request: GenerationRequest, seed: int, timeout: float,
                    avoid: frozenset[str] = ..., exclude: frozenset[str] = ...) -> TokenSource: ...
+    async def referee(self, sess: Any, step: int, history: Sequence[int], chunk: int,
+                      timeout: float) -> str | None: ...
 
 
 @dataclass
@@ -152,6 +156,8 @@ class Generation:
                     assert self._ring is not None
                     tok = await self._ring.next_token(self._first_token_timeout() if fresh else self._stall_timeout())
                     fresh = False
+                    if getattr(self._ring, "audit", None) is not None:
+                        await self._verify(self._ring, tok.step)
                     break
                 except SwarmdError as exc:
                     await self._recover(exc, step)
@@ -174,6 +180,36 @@ class Generation:
         tail = self.text.flush()
         if tail:
             yield tail
+
+    async def _verify(self, ring: TokenSource, step: int) -> None:
+        """Hold the token of an audited session until its check passed. A failed check goes to a referee;
+        when the audited stage was wrong, raise ``OutputMismatch`` (the session is replayed without it)."""
+        audit = ring.audit
+        assert audit is not None
+        verdict = await audit.outcome(step, self._stall_timeout())
+        auditor = getattr(self.opener, "auditor", None)
+        if verdict is None:
+            log.info("session %s: check given up (%s)", self.session_id[:8], audit.abandoned)
+            ring.audit = None
+            if auditor is not None:
+                auditor.stats.abandoned += 1
+            return
+        if auditor is not None:
+            auditor.stats.steps += 1
+        if verdict:
+            if auditor is not None:
+                auditor.passed_step(audit.audited.node_id, audit.plan.verifier.node_id)
+            return
+        if auditor is not None:
+            auditor.stats.mismatches += 1
+        log.warning("session %s: %s and its shadow %s disagree at step %d; asking a third replica",
+                    self.session_id[:8], audit.audited.node_id, audit.plan.verifier.node_id, step)
+        wrong = await self.opener.referee(ring, step, self.history, self.prefill_chunk, self.token_timeout_s)
+        ring.audit = None  # one verdict per session; the replay (if any) is a new session
+        if wrong == audit.audited.node_id:
+            err = OutputMismatch(f"node {wrong} computed a wrong output at step {step}")
+            err.failed_node = wrong
+            raise err
 
     def _sharing(self) -> int:
         if self._load is None or self._ring is None:

@@ -16,8 +16,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CapacityError, SwarmdError
-from ..types import SamplingParams, TensorBlob
-from ..wire.messages import Forward, Hop, Message, SessionAccepted, SessionClose, SessionError, SessionOpen, TokenOut
+from ..types import SamplingParams, TensorBlob, TopLogits
+from ..wire.messages import (
+    AuditSample,
+    Forward,
+    Hop,
+    Message,
+    SessionAccepted,
+    SessionClose,
+    SessionError,
+    SessionOpen,
+    TokenOut,
+)
+from .samples import last_row
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +45,25 @@ class StageSession:
     worker: asyncio.Task[None] | None = None
     # Taken off the queue (to look at what is waiting) but not run yet; runs before the queue.
     pending: collections.deque[Forward] = field(default_factory=collections.deque)
+    tee_failed: bool = False  # the verifier could not be reached: this session stops copying to it
 
     @property
     def is_last(self) -> bool:
         return self.open.hop == len(self.open.chain) - 1
+
+    @property
+    def tees(self) -> bool:
+        """Whatever this stage sends to the audited hop also goes to the verifier."""
+        o = self.open
+        if o.verifier is None or o.report or self.tee_failed:
+            return False
+        return o.audit_hop == o.hop + 1 or (o.audit_hop == 0 and self.is_last)
+
+    @property
+    def observes(self) -> bool:
+        """This stage receives the audited hop's output: it reports what it got to the entry."""
+        o = self.open
+        return not o.report and o.audit_hop >= 0 and o.hop == o.audit_hop + 1
 
 
 class StageService:
@@ -94,7 +120,7 @@ class StageService:
 
     async def _open(self, msg: SessionOpen) -> None:
         err: SwarmdError | None = None
-        if not 0 <= msg.hop < len(msg.chain) or msg.chain[msg.hop].node_id != self.node_id:
+        if not 0 <= msg.hop < len(msg.chain) or (msg.chain[msg.hop].node_id != self.node_id and not msg.report):
             err = SwarmdError("this node is not that hop of the chain")
         elif (msg.chain[msg.hop].start, msg.chain[msg.hop].end) != (self.engine.stage.span.start,
                                                                      self.engine.stage.span.end):
@@ -133,16 +159,27 @@ class StageService:
         o = sess.open
         params = SamplingParams(o.temperature, o.top_p, o.top_k, o.seed)
         stop = frozenset(o.stop_token_ids)
+        logits_here = getattr(self.engine.stage, "lm_head", None) is not None
         while True:
             fwd = sess.pending.popleft() if sess.pending else await sess.queue.get()
             fwd = self._merge(sess, fwd)
             sess.last_active = time.monotonic()
-            sampling = (params, o.seed, fwd.step) if fwd.sample and sess.is_last else None
+            if sess.observes and fwd.sample and fwd.hidden is not None:
+                await self._reply(o.entry, AuditSample(o.session_id, fwd.step, last_row(fwd.hidden), -1, (), ()))
+            sampling = (params, o.seed, fwd.step) if fwd.sample and sess.is_last and logits_here else None
             try:
-                out = await self.engine.forward(o.session_id, fwd.tokens, fwd.hidden, fwd.start_pos, sampling)
+                out = await self.engine.forward(o.session_id, fwd.tokens, fwd.hidden, fwd.start_pos, sampling,
+                                                report=o.report)
+                if o.report:  # a shadow or referee: its outputs are evidence, not the session's next step
+                    if fwd.sample:
+                        await self._reply(o.entry, report_of(o.session_id, fwd.step, out))
+                    continue
                 if isinstance(out, TensorBlob):
                     nxt = o.chain[o.hop + 1]
-                    await self.send(nxt, Forward(o.session_id, fwd.start_pos, fwd.step, fwd.sample, (), out))
+                    sent = Forward(o.session_id, fwd.start_pos, fwd.step, fwd.sample, (), out)
+                    await self.send(nxt, sent)
+                    if sess.tees:
+                        await self._tee(sess, sent)
                 elif isinstance(out, int):
                     done = out in stop or fwd.step + 1 >= o.max_tokens
                     token = TokenOut(o.session_id, fwd.step, out, done)
@@ -154,12 +191,26 @@ class StageService:
                     else:
                         await self.send(o.chain[0], nxt_step)  # the ring goes on first, the entry streams
                         await self.send(o.entry, token)
+                    if not done and sess.tees:
+                        await self._tee(sess, nxt_step)
             except asyncio.CancelledError:
                 raise
             except (SwarmdError, OSError) as exc:
                 code = exc.code if isinstance(exc, SwarmdError) else "peer_unavailable"
                 await self._fail(sess, code, str(exc))
                 return
+
+    async def _tee(self, sess: StageSession, fwd: Forward) -> None:
+        """Copy a forward to the audited hop's verifier. Best effort: an unreachable verifier ends the
+        copying (the entry then gives up that check), never the session."""
+        verifier = sess.open.verifier
+        assert verifier is not None
+        try:
+            await self.send(verifier, fwd)
+        except (SwarmdError, OSError) as exc:
+            sess.tee_failed = True
+            log.warning("session %s: verifier %s unreachable (%s); no more copies", sess.open.session_id[:8],
+                        verifier.node_id, exc)
 
     def _merge(self, sess: StageSession, fwd: Forward) -> Forward:
         """Join prefill chunks already queued behind ``fwd`` into one step, up to the engine's batch size:
@@ -230,6 +281,15 @@ class StageService:
             await asyncio.wait([asyncio.ensure_future(n) for n in notices], timeout=2.0)
         for sess in sessions:
             await self._close(sess.open.session_id, "shutdown")
+
+
+def report_of(session_id: str, step: int, out: object) -> AuditSample:
+    """What a shadow or referee stage reports for a sampled step: the last row, or the top logits."""
+    if isinstance(out, TensorBlob):
+        return AuditSample(session_id, step, last_row(out), -1, (), ())
+    if isinstance(out, TopLogits):
+        return AuditSample(session_id, step, None, out.token, out.ids, out.logits)
+    raise SwarmdError(f"nothing to report for step {step}")
 
 
 def chunk_len(fwd: Forward) -> int:

@@ -54,10 +54,12 @@ def encode(msg: Message) -> bytes:
 
 
 def peek_tag(body: bytes) -> int:
-    """The message tag from the first two bytes: ``fixarray`` header, then a positive fixint."""
-    if len(body) < 2 or body[0] & 0xF0 != 0x90 or body[1] > 0x7F:
+    """The message tag from the first bytes: an array header (``fixarray``, or ``array16`` for messages
+    of 15 fields or more), then a positive fixint."""
+    at = 3 if body[:1] == b"\xdc" else 1
+    if len(body) <= at or (at == 1 and body[0] & 0xF0 != 0x90) or body[at] > 0x7F:
         raise DecodeError("frame does not start with a message header", "header")
-    return body[1]
+    return body[at]
 
 
 def _int(v: Any, where: str) -> int:

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from ..types import TensorBlob
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -116,6 +116,13 @@ class SessionOpen(Message):
     top_k: int
     seed: int
     stop_token_ids: tuple[int, ...]
+    # Output verification (proto_spec.md §12). ``audit_hop``: the hop whose outputs are spot-checked
+    # (-1: none); ``verifier``: the replica that shadows it, to which whoever feeds that hop also sends
+    # each forward; ``report``: the receiver is a shadow or referee, whose sampled outputs go to the entry
+    # as ``AuditSample`` instead of onwards.
+    audit_hop: int = -1
+    verifier: Hop | None = None
+    report: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +178,26 @@ class SessionClose(Message):
     CAP: ClassVar[int] = 1 * KIB
     session_id: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSample(Message):
+    """To the entry: one stage's output at the sampled position of generation step ``step``.
+
+    From the hop after the audited one (what the audited hop really forwarded), from the shadow and
+    from a referee: ``row`` is that position's hidden state as float32 ``[D]``. From a shadow or referee
+    holding the last layer: the ``token`` it samples and ``top_ids``/``top_logits``, the largest logits,
+    largest first.
+    """
+
+    TAG: ClassVar[int] = 26
+    CAP: ClassVar[int] = 1 * MIB
+    session_id: str
+    step: int
+    row: TensorBlob | None
+    token: int  # the token a last stage samples (-1 from a hidden stage)
+    top_ids: tuple[int, ...]
+    top_logits: tuple[float, ...]
 
 
 # --- membership gossip (SWIM; encrypted) ----------------------------------------------------------
@@ -284,8 +311,8 @@ class SpanState:
 class NodeMeta:
     """What a node publishes about itself through gossip; only the node itself changes it."""
 
-    VERSION: ClassVar[int] = 1
-    CAP: ClassVar[int] = 512  # = membership MAX_META_BYTES
+    VERSION: ClassVar[int] = 2
+    CAP: ClassVar[int] = 1024  # = membership MAX_META_BYTES
     software: str
     protocol: int
     model: str  # source name of the served model
@@ -299,12 +326,14 @@ class NodeMeta:
     queue: int  # forwards waiting at its stages
     health: str  # starting | serving | draining | degraded
     pinned: bool  # spans fixed by configuration (--layers START:END or none): placement keeps them
+    quarantined: tuple[str, ...] = ()  # members this node's output checks found wrong (trust.MAX_PUBLISHED at most)
 
 
 CATALOGUE: dict[int, type[Message]] = {
     cls.TAG: cls
     for cls in (ClientHello, ServerHello, ClientAuth, Hello, Ping, Pong, SessionOpen, SessionAccepted,
-                SessionError, Forward, TokenOut, SessionClose, SwimPing, SwimAck, PingReq, PushPull, Gossip)
+                SessionError, Forward, TokenOut, SessionClose, AuditSample, SwimPing, SwimAck, PingReq, PushPull,
+                Gossip)
 }
 SWIM_TAGS = frozenset({SwimPing.TAG, SwimAck.TAG, PingReq.TAG, PushPull.TAG, Gossip.TAG})
 HANDSHAKE_TAGS = frozenset({ClientHello.TAG, ServerHello.TAG, ClientAuth.TAG})

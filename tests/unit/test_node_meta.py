@@ -100,13 +100,13 @@ def test_round_trip_property(software: str, model: str, device: str, ints: list[
 
 
 def test_encode_refuses_meta_above_the_cap() -> None:
-    with pytest.raises(ValueError, match="exceeds 512"):
-        encode_meta(dataclasses.replace(BASE, software="x" * 600))
+    with pytest.raises(ValueError, match=f"exceeds {NodeMeta.CAP}"):
+        encode_meta(dataclasses.replace(BASE, software="x" * (NodeMeta.CAP + 100)))
 
 
 def test_encode_accepts_exactly_the_cap() -> None:
     room = NodeMeta.CAP - len(encode_meta(dataclasses.replace(BASE, software="")))
-    # str8 header (2 bytes) for lengths 32..255, so the software string takes room - 2 characters.
+    # "" has a 1-byte header and a string this long a 3-byte str16 one: it takes room - 2 characters.
     exact = dataclasses.replace(BASE, software="s" * (room - 2))
     body = encode_meta(exact)
     assert len(body) == NodeMeta.CAP
@@ -116,7 +116,7 @@ def test_encode_accepts_exactly_the_cap() -> None:
 
 
 def test_decode_refuses_bytes_over_the_cap_before_parsing() -> None:
-    body = with_field("software", "x" * 600)
+    body = with_field("software", "x" * (NodeMeta.CAP + 100))
     assert len(body) > NodeMeta.CAP
     with pytest.raises(DecodeError) as exc:
         decode_meta(body)
@@ -128,7 +128,7 @@ def test_decode_refuses_bytes_over_the_cap_before_parsing() -> None:
 # --- hostile bodies ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", [0, 2, -1, 255, "1", None, [1], b"\x01"])
+@pytest.mark.parametrize("version", [0, 1, 3, -1, 255, "2", None, [2], b"\x02"])
 def test_wrong_version_is_refused(version: Any) -> None:
     body = as_list()
     body[0] = version

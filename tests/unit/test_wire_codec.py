@@ -16,6 +16,7 @@ from swarmd.wire.codec import decode, encode, peek_tag
 from swarmd.wire.messages import (
     CATALOGUE,
     HANDSHAKE_TAGS,
+    AuditSample,
     ClientAuth,
     ClientHello,
     Forward,
@@ -49,6 +50,7 @@ EXAMPLES: list[Message] = [
     Pong(0),
     SessionOpen("ab" * 16, Hop("e", "10.0.0.9:7000", 0, 0), CHAIN, 1, 128, 5, 10, 0.7, 0.9, 40, 1234, (2, 3)),
     SessionOpen("s", Hop("e", "", 0, 0), (), 0, 1, 1, 1, 0.0, 1.0, 0, -1, ()),
+    SessionOpen("s", Hop("e", "", 0, 0), CHAIN, 0, 9, 1, 1, 0.0, 1.0, 0, 5, (), 1, Hop("v", "10.0.0.5:1", 6, 12), True),
     SessionAccepted("s", "node-b"),
     SessionError("s", "node-b", "kv_budget_exceeded", "füll ✓", 1.5),
     Forward("s", 0, 3, True, (1, 2, 3), None),
@@ -56,6 +58,8 @@ EXAMPLES: list[Message] = [
     Forward("s", 7, 8, False, (), TensorBlob("bfloat16", (1, 1, 1, 3), b"\x01" * 6)),
     Forward("s", 7, 8, True, (), TensorBlob("float32", (2,), b"\xff" * 8)),
     TokenOut("s", 4, 42, True),
+    AuditSample("s", 3, TensorBlob("float32", (4,), b"\x00" * 16), -1, (), ()),
+    AuditSample("s", 0, None, 7, (7, 3), (12.5, -1.0)),
     SessionClose("s", "client_gone"),
     SwimPing(7, "a", "10.0.0.1:7000", "b", (MemberUpdate("c", "10.0.0.3:7000", 3, "suspect", 1, b"", "a"),)),
     SwimAck(7, "b", ()),
@@ -80,7 +84,7 @@ def reason_of(body: bytes, allowed: frozenset[int] | None = None) -> str:
 def test_catalogue_is_keyed_by_unique_tags_and_examples_cover_it() -> None:
     assert {type(m) for m in EXAMPLES} == set(CATALOGUE.values())
     assert all(tag == cls.TAG for tag, cls in CATALOGUE.items())
-    assert len({cls.TAG for cls in CATALOGUE.values()}) == len(CATALOGUE) == 17
+    assert len({cls.TAG for cls in CATALOGUE.values()}) == len(CATALOGUE) == 18
     assert all(0 < tag <= 0x7F for tag in CATALOGUE)  # peek_tag only reads positive fixints
     assert {ClientHello.TAG, ServerHello.TAG, ClientAuth.TAG} == HANDSHAKE_TAGS
 
@@ -98,7 +102,8 @@ def test_round_trip(msg: Message) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"\x92", b"\x0b\x0b", b"\x81\x0b\x00", b"\xdc\x00\x02\x0b\x00", b"\x92\xcc\x0b", b"\x92\xff", b"\xa2hi"],
+    [b"", b"\x92", b"\x0b\x0b", b"\x81\x0b\x00", b"\xdd\x00\x00\x00\x02\x0b", b"\xdc\x00\x10",
+     b"\xdc\x00\x10\xcc", b"\x92\xcc\x0b", b"\x92\xff", b"\xa2hi"],
 )
 def test_peek_tag_rejects_non_array_headers(body: bytes) -> None:
     with pytest.raises(DecodeError) as info:
@@ -107,7 +112,7 @@ def test_peek_tag_rejects_non_array_headers(body: bytes) -> None:
     assert reason_of(body) == "header"
 
 
-@pytest.mark.parametrize("tag", [0, 4, 9, 13, 26, 0x7F])
+@pytest.mark.parametrize("tag", [0, 4, 9, 13, 27, 0x7F])
 def test_unknown_tag(tag: int) -> None:
     assert reason_of(pack(tag, 1)) == "unknown_tag"
     assert reason_of(pack(tag, 1), frozenset({tag})) == "unknown_tag"
@@ -180,10 +185,12 @@ def test_bad_fields(body: bytes) -> None:
 
 
 def test_bad_nested_hops() -> None:
-    good = [SessionOpen.TAG, "s", ["e", "", 0, 0], [["a", "x", 0, 12]], 0, 1, 1, 1, 0.5, 1.0, 0, 0, [2]]
+    good = [SessionOpen.TAG, "s", ["e", "", 0, 0], [["a", "x", 0, 12]], 0, 1, 1, 1, 0.5, 1.0, 0, 0, [2], -1, None,
+            False]
     assert isinstance(decode(pack(*good)), SessionOpen)
     for i, bad in [(2, ["e", "", 0]), (2, None), (3, ["a", "x", 0, 12]), (3, [["a", "x", 0, "12"]]),
-                   (3, [["a", "x", 0, 12, 0]]), (12, ["2"]), (8, float("nan"))]:
+                   (3, [["a", "x", 0, 12, 0]]), (12, ["2"]), (8, float("nan")), (14, ["v", "x", 0]),
+                   (15, 0)]:
         assert reason_of(pack(*good[:i], bad, *good[i + 1:])) == "fields", (i, bad)
 
 
