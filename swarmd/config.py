@@ -133,6 +133,9 @@ class NetConfig:
     quarantine_s: float = 3600.0
     # Seed of the spot-check draws (tests: reproducible choices); None draws from the OS.
     spot_check_seed: int | None = None
+    # This node's Ed25519 identity key (created on first start). None: <state dir>/identity-<node id>.key
+    # when --node-id is given, else a new key per run (the default node id is new per run too).
+    identity_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,16 @@ def default_cache_dir(env: dict[str, str] | None = None) -> Path:
     if env.get("XDG_CACHE_HOME"):
         return Path(env["XDG_CACHE_HOME"]) / "swarmd"
     return Path.home() / ".cache" / "swarmd"
+
+
+def default_state_dir(env: dict[str, str] | None = None) -> Path:
+    """``$STATE_DIRECTORY`` (systemd's StateDirectory=), else ``$XDG_STATE_HOME/swarmd``, else ~/.local/state/swarmd."""
+    env = dict(os.environ) if env is None else env
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    if env.get("XDG_STATE_HOME"):
+        return Path(env["XDG_STATE_HOME"]) / "swarmd"
+    return Path.home() / ".local" / "state" / "swarmd"
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)

@@ -55,6 +55,13 @@ class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
 
 
+class NotFound(InvalidRequest):
+    """The request names something this node does not know (a member, a route)."""
+
+    status = 404
+    code = "not_found"
+
+
 class ModelNotFound(InvalidRequest):
     status = 404
     code = "model_not_found"

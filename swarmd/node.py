@@ -15,6 +15,7 @@ from . import __version__
 from .api.app import ApiServer, build_app
 from .config import NodeConfig, parse_hostport
 from .errors import CapacityError, ConfigError, NotReady
+from .membership.attest import Attestor
 from .membership.placement import PlacementConfig, Plan, place
 from .membership.rebalance import capacity_of, model_shape
 from .membership.service import Membership
@@ -22,6 +23,7 @@ from .membership.swim import MemberChanged, Swim
 from .membership.swim_config import SwimConfig
 from .membership.trust import Trust
 from .membership.view import SwarmView
+from .node_safety import NodeSafety, node_identity
 from .placer import Placer
 from .ring.audit import Auditor
 from .ring.entry import RingEntry
@@ -114,15 +116,20 @@ class Node:
         self.pinned = cfg.engine.layers != "auto"
         self.memory_budget = cfg.engine.memory_budget
         self._codec: Any = None
+        self.identity = node_identity(cfg, self.node_id)
+        self.attestor = Attestor(self.identity, self.node_id)  # signs our gossip, checks everyone's
+        self.safety = NodeSafety(self)  # quarantines and bans: who routing and links leave out
         self.mesh = Mesh(cfg.net, keyring, self.node_id, self._hello, self._dispatch, self._peer_lost, self._resolve)
+        self.mesh.refuse = self.safety.refuse_link
         self.host = StageHost(self.node_id, self.mesh.send, cfg.net.session_idle_s, self._spawn)
         self.trust = Trust(cfg.net.quarantine_s)
-        self.auditor = Auditor(cfg.net.spot_check, cfg.net.probation_steps, self._replicas, cfg.net.spot_check_seed) \
+        self.auditor = Auditor(cfg.net.spot_check, cfg.net.probation_steps, self.safety.replicas,
+                               cfg.net.spot_check_seed) \
             if cfg.net.spot_check > 0 else None
         self.entry = RingEntry(Hop(self.node_id, "", 0, 0), self.mesh.send, self.plan,
                                accept_timeout_s=self.cfg.net.accept_timeout_s, answered_since=self.mesh.answered_since,
-                               nudge=self.mesh.nudge, auditor=self.auditor, audit_dtype=self._audit_dtype,
-                               on_dissent=self._dissent)
+                               nudge=self.mesh.nudge, auditor=self.auditor, audit_dtype=self.safety.audit_dtype,
+                               on_dissent=self.safety.dissent)
         self.view = SwarmView(self.node_id)
         self.membership: Membership | None = None
         self.swim_addr = ""
@@ -202,7 +209,7 @@ class Node:
         self.swim_addr = f"{host}:{port}"
         self.entry.self_hop = Hop(self.node_id, self.swim_addr, 0, 0)
         swim_cfg = SwimConfig.local() if self.cfg.net.gossip == "local" else SwimConfig.lan()
-        swim = Swim(self.node_id, self.swim_addr, swim_cfg, meta=encode_meta(self._meta()))
+        swim = Swim(self.node_id, self.swim_addr, swim_cfg, meta=encode_meta(self._meta()), attestor=self.attestor)
         self.membership = Membership(swim, self.mesh.post, self._on_member, connect=self.mesh.connect)
         self.membership.start(self.cfg.net.peers)
         await self._start_discovery()
@@ -266,6 +273,10 @@ class Node:
         while self.host.session_count and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
+    def ban(self, node_id: str) -> dict[str, object]:
+        """``swarmctl ban`` (through the API)."""
+        return self.safety.ban(node_id)
+
     def request_drain(self) -> dict[str, object]:
         """``swarmctl drain``: the SIGTERM path, started from the API (which answers first)."""
         if self._stop_event is not None:
@@ -312,9 +323,9 @@ class Node:
         shape = model_shape(self.loaded.num_layers, p.params_per_layer, p.embed_params, p.head_params,
                             p.kv_per_token_layer, min(KV_RESERVE_TOKENS, self.max_context))
         nodes = [capacity_of(self.node_id, self._meta())]
-        distrusted = self.distrusted()
+        excluded = self.safety.excluded()
         nodes += [capacity_of(peer.node_id, peer.meta) for peer in self.view.live()
-                  if peer.meta is not None and peer.node_id not in distrusted]
+                  if peer.meta is not None and peer.node_id not in excluded]
         try:
             return place([n for n in nodes if n is not None], shape, PlacementConfig())
         except ValueError as exc:  # e.g. two members with one id: wait for gossip to settle it
@@ -331,7 +342,7 @@ class Node:
             __version__, PROTOCOL_VERSION, self.model_name, self.loaded.num_layers if self.loaded else 0,
             self.cfg.engine.device, int(self.memory_budget or 0), p.dtype_bytes if p else 0,
             float(p.seconds_per_layer) if p else 0.0, spans, self.host.session_count, self.host.queue_depth,
-            health, self.pinned, self.trust.published(time.monotonic()),
+            health, self.pinned, self.trust.published(time.monotonic()), self.safety.published_bans(),
         )
 
     def _publish(self) -> None:
@@ -349,6 +360,8 @@ class Node:
         if not self.view.apply(change):
             return
         m = change.member
+        if (peer := self.view.peers.get(m.node_id)) is not None and peer.live:
+            self.safety.adopt_bans(peer.meta, m.node_id)
         if change.removed or m.state in ("dead", "left"):
             self.entry.peer_lost(m.node_id)
             stale = self.mesh.forget(m.addr)
@@ -383,10 +396,10 @@ class Node:
         out = [Holder(self.node_id, self.swim_addr, start, end, spl, 0.0, self.host.queue_depth)
                for start, end in self.host.serving()]
         rtt = self.membership.rtt_s if self.membership is not None else {}
-        distrusted = self.distrusted()
+        excluded = self.safety.excluded()
         for peer in self.view.live():
             link = self.mesh.links.get(peer.addr)
-            if (link is not None and link.failing) or peer.node_id in distrusted:
+            if (link is not None and link.failing) or peer.node_id in excluded:
                 continue
             meta = peer.meta
             for start, end in peer.serving_spans():
@@ -406,31 +419,6 @@ class Node:
             if chain is not None:
                 return chain
         return plan_chain(holders, self.loaded.num_layers, prefer=self.node_id)
-
-    # --- output verification -------------------------------------------------------------------------
-
-    def distrusted(self) -> dict[str, list[str]]:
-        """Members not to route through (node id -> who quarantined it): own findings and gossiped ones."""
-        claims = {p.node_id: p.meta.quarantined for p in self.view.live() if p.meta is not None}
-        return self.trust.distrusted(time.monotonic(), self.node_id, claims)
-
-    def _replicas(self, start: int, end: int, leave_out: frozenset[str]) -> list[Hop]:
-        """Serving holders of exactly ``[start, end)`` outside ``leave_out``, cheapest first (shadows, referees)."""
-        found = [h for h in self.holders() if (h.start, h.end) == (start, end) and h.node_id not in leave_out]
-        return [Hop(h.node_id, h.addr, start, end) for h in sorted(found, key=lambda h: h.cost_s())]
-
-    def _audit_dtype(self, chain: Sequence[Hop]) -> str:
-        """The tolerance class of a chain's outputs: float32 only if every stage runs in 4-byte floats."""
-        widths = {int(self.profile.dtype_bytes) if self.profile is not None else 4}
-        widths |= {p.meta.dtype_bytes for h in chain if (p := self.view.peers.get(h.node_id)) and p.meta}
-        return "float32" if widths == {4} else "bfloat16"
-
-    def _dissent(self, node_id: str, why: str) -> None:
-        log.warning("quarantining %s for %.0fs: %s", node_id, self.trust.quarantine_s, why)
-        self.trust.quarantine(node_id, time.monotonic(), why)
-        self._publish()
-        if self.placer is not None:
-            self.placer.view_changed()
 
     def step_estimate(self) -> float | None:
         """Expected seconds of one decode step of the current best chain (gossiped speeds, measured

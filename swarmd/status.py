@@ -26,7 +26,8 @@ def _ms(seconds: float | None) -> float | None:
 def _peers(node: Node) -> list[dict[str, Any]]:
     now = time.monotonic()
     ms = node.membership
-    distrusted = node.distrusted()
+    distrusted = node.safety.distrusted()
+    banned = node.attestor.banned_ids()
     out: list[dict[str, Any]] = []
     for peer in sorted(node.view.peers.values(), key=lambda p: p.node_id):
         meta = peer.meta
@@ -49,6 +50,8 @@ def _peers(node: Node) -> list[dict[str, Any]]:
             "software": meta.software if meta else None,
             "connection": link.state if link is not None else "none",
             "quarantined_by": distrusted.get(peer.node_id, []),
+            "identity": node.attestor.fingerprint_of(peer.node_id),
+            "banned": peer.node_id in banned,
             **({"error": peer.meta_problem} if peer.meta_problem else {}),
         })
     members = {p["addr"] for p in out}
@@ -68,7 +71,7 @@ def _verification(node: Node) -> dict[str, Any]:
         "spot_check": node.cfg.net.spot_check,
         "probation_steps": node.cfg.net.probation_steps,
         **(vars(auditor.stats) if auditor is not None else {}),
-        "quarantined": [{"node_id": n, "by": by} for n, by in sorted(node.distrusted().items())],
+        "quarantined": [{"node_id": n, "by": by} for n, by in sorted(node.safety.distrusted().items())],
         "own_findings": [{"node_id": q.node_id, "why": q.why, "expires_in_s": round(q.until - now, 1)}
                          for q in node.trust.own(now)],
     }
@@ -119,6 +122,8 @@ def status_document(node: Node) -> dict[str, Any]:
         "rejected_connections": dict(node.mesh.server.rejected),
         "failover": {"replays": node.replays, "last": node.last_replay},
         "verification": _verification(node),
+        "identity": {"fingerprint": node.identity.fingerprint, "banned": sorted(node.attestor.banned),
+                     "banned_nodes": sorted(node.attestor.banned_ids())},
         "placement": {
             "mode": "pinned" if node.pinned else "auto",
             "target": (list(t) if (t := plan.spans.get(node.node_id)) else None) if plan else None,

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import ApiConfig, parse_hostport
-from ..errors import ConfigError
+from ..errors import ConfigError, InvalidRequest
 from . import openai_routes
 from .errors import MAX_BODY_BYTES, bearer_middleware, error_middleware, json_error
 
@@ -35,6 +35,18 @@ async def swarm_status(request: web.Request) -> web.Response:
 async def drain(request: web.Request) -> web.Response:
     """Start a graceful leave (the same path as SIGTERM); answers at once."""
     return web.json_response(request.app[openai_routes.BACKEND].request_drain(), status=202)
+
+
+async def ban(request: web.Request) -> web.Response:
+    """Ban a member by identity: ``{"node_id": "..."}``; the ban spreads through the swarm."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidRequest("the body must be JSON: {\"node_id\": \"...\"}") from None
+    node_id = body.get("node_id") if isinstance(body, dict) else None
+    if not isinstance(node_id, str) or not 0 < len(node_id) <= 256:
+        raise InvalidRequest("node_id must be a non-empty string of at most 256 characters")
+    return web.json_response(request.app[openai_routes.BACKEND].ban(node_id))
 
 
 async def not_found(request: web.Request) -> web.Response:
@@ -68,6 +80,7 @@ def build_app(cfg: ApiConfig, backend: openai_routes.Backend, status: Callable[[
     app.router.add_post("/v1/chat/completions", openai_routes.chat_completions)
     app.router.add_get("/v1/swarm/status", swarm_status)
     app.router.add_post("/v1/swarm/drain", drain)
+    app.router.add_post("/v1/swarm/ban", ban)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
 

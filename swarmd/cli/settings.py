@@ -129,6 +129,8 @@ OPTIONS: tuple[Option, ...] = (
            "checked steps a node must pass before it is spot-checked only at --spot-check's rate"),
     Option("--quarantine", "net", "quarantine_s", float, "seconds a member found computing wrong stays out"),
     Option("--spot-check-seed", "net", "spot_check_seed", int, "seed of the spot-check draws (tests)"),
+    Option("--identity-file", "net", "identity_file", Path,
+           "this node's Ed25519 identity key (default: state dir, per --node-id)"),
     Option("--test-corrupt-output", "engine", "corrupt_output", _bool,
            "TESTS ONLY: negate every output this node computes", kind="bool"),
     Option("--node-id", "", "node_id", str, "this node's id (default: hostname + random suffix)"),

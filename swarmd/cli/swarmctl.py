@@ -127,6 +127,20 @@ def cmd_drain(sock: str) -> int:
     return EXIT_OK
 
 
+def cmd_ban(sock: str, node_id: str) -> int:
+    try:
+        status, doc = request_json(sock, "POST", "/v1/swarm/ban", {"node_id": node_id})
+    except OSError as exc:
+        print(f"swarmctl: {sock}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if status != 200:
+        print(f"swarmctl: ban refused ({status}): {doc.get('error', {}).get('message', doc)}", file=sys.stderr)
+        return EXIT_DEGRADED
+    print(f"banned {doc['banned']} (identity {doc['fingerprint']}): its links are refused and its gossip dropped "
+          "here, and every member that hears of it does the same")
+    return EXIT_OK
+
+
 def cmd_doctor(sock: str) -> int:
     code, doc, err = _status(sock)
     checks = [("socket reachable", doc is not None, err or sock)]
@@ -153,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("peers", help="list known peers")
     sub.add_parser("doctor", help="check the local node")
     sub.add_parser("drain", help="drain this node: no new sessions, in-flight ones finish or move, then it leaves")
-    ban = sub.add_parser("ban", help="ban a node by identity (not yet supported by the daemon)")
+    ban = sub.add_parser("ban", help="ban a member by its identity key; the ban spreads through the swarm")
     ban.add_argument("node_id")
     return p
 
@@ -176,8 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_doctor(sock)
     if args.cmd == "drain":
         return cmd_drain(sock)
-    print(f"swarmctl: '{args.cmd}' needs node identities, which this version does not have yet", file=sys.stderr)
-    return EXIT_DEGRADED
+    return cmd_ban(sock, args.node_id)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import random
 from collections import Counter
 from dataclasses import replace
 
+from .attest import Attestor
 from .broadcast import BroadcastQueue
 from .claims import outbid, supersedes
 from .probe import Probe, ProbeOrder, Relay
@@ -55,14 +56,17 @@ class Swim:
     """One node's view of the swarm. Not thread-safe; one driver feeds it messages and ticks."""
 
     def __init__(self, self_id: str, self_addr: str, config: SwimConfig | None = None,
-                 rng: random.Random | None = None, meta: bytes = b"") -> None:
+                 rng: random.Random | None = None, meta: bytes = b"", attestor: Attestor | None = None) -> None:
         if len(meta) > MAX_META_BYTES:
             raise ValueError(f"meta of {len(meta)} bytes exceeds {MAX_META_BYTES}")
         self.self_id = self_id
         self.self_addr = self_addr
         self.config = config or SwimConfig()
         self.rng = rng or random.Random()
+        # Signs this node's record and checks everyone else's (None: unsigned gossip, for unit tests).
+        self.attestor = attestor
         self._me = MemberRecord(self_id, self_addr, 0, ALIVE, 0, meta, 0.0, self_id)
+        self._sign_me()
         self._members: dict[str, MemberRecord] = {self_id: self._me}
         self._live = 1
         self._suspicions: dict[str, Suspicion] = {}
@@ -123,6 +127,7 @@ class Swim:
             return
         self._me.meta = meta
         self._me.meta_version += 1
+        self._sign_me()
         self._queue.put(self.self_id, self._me.update())
 
     def leave(self, now: float) -> list[Effect]:
@@ -131,6 +136,7 @@ class Swim:
             return []
         self.left = True
         self._set_state(self._me, LEFT, now)
+        self._sign_me()
         self._probe = None
         self._queue.put(self.self_id, self._me.update())
         return self._announce()
@@ -341,6 +347,10 @@ class Swim:
             self.dropped["bad_update"] += 1
             log.debug("%s: dropped update about %r: %s", self.self_id, u.node_id[:64], problem)
             return
+        if self.attestor is not None and (problem := self.attestor.check(u)) is not None:
+            self.dropped[problem] += 1
+            log.debug("%s: dropped update about %r: %s", self.self_id, u.node_id[:64], problem)
+            return
         if u.node_id == self.self_id:
             self._refute(u)
             return
@@ -354,9 +364,10 @@ class Swim:
             return
         before = rec.view()
         accepted = False
+        # The member's own record (address, incarnation, meta and its signature) is taken whole from the
+        # newest claim: a record is only ever relayed as its member signed it.
+        newer_record = (u.incarnation, u.meta_version) > (rec.incarnation, rec.meta_version)
         if supersedes(u, rec.incarnation, rec.state):
-            if u.incarnation > rec.incarnation:
-                rec.addr = u.addr
             rec.incarnation = u.incarnation
             rec.by = u.by
             self._set_state(rec, u.state, now, accuser=u.by)
@@ -365,8 +376,8 @@ class Swim:
             susp = self._suspicions.get(rec.node_id)
             if susp is not None and susp.confirm(u.by):
                 self._queue.put(rec.node_id, u)  # pass the confirmation on (memberlist does)
-        if u.incarnation >= rec.incarnation and u.meta_version > rec.meta_version:
-            rec.meta_version, rec.meta = u.meta_version, u.meta
+        if newer_record and u.incarnation >= rec.incarnation:
+            rec.addr, rec.meta_version, rec.meta, rec.key, rec.sig = u.addr, u.meta_version, u.meta, u.key, u.sig
             accepted = True
         if accepted:
             self._queue.put(rec.node_id, rec.update())
@@ -389,6 +400,7 @@ class Swim:
             log.error("%s: cannot refute a claim at the incarnation or meta version cap", self.self_id)
             return
         me.incarnation, me.meta_version = bid
+        self._sign_me()
         log.debug("%s: refuting %s claim: incarnation %d, meta version %d", self.self_id, u.state,
                   me.incarnation, me.meta_version)
         self._queue.put(self.self_id, me.update())
@@ -401,7 +413,8 @@ class Swim:
                 log.warning("%s: member table full (%d), ignoring %s", self.self_id, len(self._members), u.node_id)
                 return
             del self._members[min(tombs, key=lambda r: r.since).node_id]
-        rec = MemberRecord(u.node_id, u.addr, u.incarnation, ALIVE, u.meta_version, u.meta, now, u.node_id)
+        rec = MemberRecord(u.node_id, u.addr, u.incarnation, ALIVE, u.meta_version, u.meta, now, u.node_id, u.key,
+                           u.sig)
         self._members[rec.node_id] = rec
         self._failed.pop(rec.node_id, None)
         self._live += 1
@@ -434,6 +447,12 @@ class Swim:
             self._suspicions.pop(rec.node_id, None)
 
     # --- helpers -------------------------------------------------------------------------------
+
+    def _sign_me(self) -> None:
+        me = self._me
+        if self.attestor is not None:
+            me.key, me.sig = self.attestor.sign(me.node_id, me.addr, me.incarnation, me.meta_version, me.meta,
+                                                me.state)
 
     def _knows_others(self) -> bool:
         return self._live > (1 if self._me.state in LIVE else 0)

@@ -38,7 +38,7 @@ MAX_META_BYTES: Final = NodeMeta.CAP
 # Largest node id / address accepted (the codec's string limit is 4096; ids and addresses are short).
 MAX_ID_CHARS: Final = 256
 # The largest estimated size of one update: three ids at the limit, full meta, the longest state name.
-MAX_UPDATE_BYTES: Final = UPDATE_OVERHEAD + 3 * MAX_ID_CHARS + MAX_META_BYTES + len("suspect")
+MAX_UPDATE_BYTES: Final = UPDATE_OVERHEAD + 3 * MAX_ID_CHARS + MAX_META_BYTES + len("suspect") + 32 + 64
 
 
 def update_problem(u: MemberUpdate) -> str | None:
@@ -51,6 +51,8 @@ def update_problem(u: MemberUpdate) -> str | None:
         return "incarnation or meta version out of range"
     if len(u.meta) > MAX_META_BYTES:
         return f"meta of {len(u.meta)} bytes exceeds {MAX_META_BYTES}"
+    if len(u.key) not in (0, 32) or len(u.sig) not in (0, 64):
+        return "identity key or signature of bad length"
     return None
 
 

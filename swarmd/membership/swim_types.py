@@ -48,10 +48,12 @@ class MemberRecord:
     meta: bytes
     since: float
     by: str  # who made the claim we hold (accuser for suspect/dead)
+    key: bytes = b""  # the member's identity key and its signature over addr, incarnation, meta (and leave)
+    sig: bytes = b""
 
     def update(self) -> MemberUpdate:
         return MemberUpdate(self.node_id, self.addr, self.incarnation, self.state, self.meta_version, self.meta,
-                            self.by)
+                            self.by, self.key, self.sig)
 
     def view(self) -> Member:
         return Member(self.node_id, self.addr, self.incarnation, self.state, self.meta_version, self.meta,

@@ -41,6 +41,8 @@ class Mesh:
         self.server = PeerServer(cfg, keyring, self._serve)
         self.advertised = ""
         self.incompatible: dict[str, str] = {}  # addr -> why
+        # node id -> why its links are refused (e.g. banned), or None; set by the node.
+        self.refuse: Callable[[str], str | None] = lambda node_id: None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -120,6 +122,8 @@ class Mesh:
         mine = self.hello()
         if hello.node_id == self.node_id:
             return "peer uses this node's id"
+        if (why := self.refuse(hello.node_id)) is not None:
+            return why
         if not hello.node_id or len(hello.node_id) > MAX_NODE_ID:
             return "invalid node id"
         if (hello.model, hello.num_layers, hello.hidden_size) != (mine.model, mine.num_layers, mine.hidden_size):

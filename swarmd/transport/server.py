@@ -67,6 +67,13 @@ class PeerServer:
             self._conns.pop(task, None)
             await conn.aclose()
 
+    def drop_node(self, node_id: str) -> int:
+        """Close every inbound connection from ``node_id`` (e.g. it was just banned); returns how many."""
+        hit = [conn for conn in self._conns.values() if conn.node_id == node_id]
+        for conn in hit:
+            conn.close()
+        return len(hit)
+
     async def stop(self) -> None:
         self._stopping = True
         if self._server is not None:

@@ -202,6 +202,12 @@ def decode_meta(body: bytes) -> NodeMeta:
                                                                              strict=True)))
 
 
+def encode_attestation(node_id: str, addr: str, incarnation: int, meta_version: int, meta: bytes, left: bool) -> bytes:
+    """What a member signs about its own gossip record (``wire/identity.py``): a label, then a msgpack array."""
+    return b"swarmd-attest-v1\0" + msgpack.packb([node_id, addr, incarnation, meta_version, meta, left],
+                                                 use_bin_type=True)
+
+
 def decode(body: bytes, allowed: frozenset[int] | None = None) -> Message:
     """Decode one frame body into its message; ``allowed`` limits the tags accepted in this state."""
     tag = peek_tag(body)

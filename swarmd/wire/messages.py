@@ -224,11 +224,15 @@ class MemberUpdate:
     meta_version: int
     meta: bytes
     by: str
+    # The member's Ed25519 public key and its signature over its own record (node_id, addr, incarnation,
+    # meta_version, meta, state == left): relayed unchanged, also under others' suspect/dead claims.
+    key: bytes = b""
+    sig: bytes = b""
 
     def size(self) -> int:
         """Upper estimate of the encoded size in bytes, used to fill a piggyback budget."""
         return (UPDATE_OVERHEAD + len(self.node_id.encode()) + len(self.addr.encode())
-                + len(self.state) + len(self.meta) + len(self.by.encode()))
+                + len(self.state) + len(self.meta) + len(self.by.encode()) + len(self.key) + len(self.sig))
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +281,7 @@ class PushPull(Message):
     """
 
     TAG: ClassVar[int] = 33
-    CAP: ClassVar[int] = 2 * MIB
+    CAP: ClassVar[int] = 4 * MIB
     sender: str
     sender_addr: str
     join: bool
@@ -312,7 +316,7 @@ class NodeMeta:
     """What a node publishes about itself through gossip; only the node itself changes it."""
 
     VERSION: ClassVar[int] = 2
-    CAP: ClassVar[int] = 1024  # = membership MAX_META_BYTES
+    CAP: ClassVar[int] = 2048  # = membership MAX_META_BYTES
     software: str
     protocol: int
     model: str  # source name of the served model
@@ -327,6 +331,7 @@ class NodeMeta:
     health: str  # starting | serving | draining | degraded
     pinned: bool  # spans fixed by configuration (--layers START:END or none): placement keeps them
     quarantined: tuple[str, ...] = ()  # members this node's output checks found wrong (trust.MAX_PUBLISHED at most)
+    banned: tuple[str, ...] = ()  # identity key fingerprints this node refuses (node_safety.MAX_BANS_PUBLISHED)
 
 
 CATALOGUE: dict[int, type[Message]] = {
