@@ -68,6 +68,11 @@ class ApiConfig:
     max_sessions: int = 64
     # max_tokens used when a request gives none (capped by the context left).
     default_max_tokens: int = 1024
+    # Concurrent generations one client of the TCP listener may hold (by address); more get 429 +
+    # Retry-After. Local socket users are trusted (file permissions) and limited by max_sessions only.
+    max_sessions_per_client: int = 16
+    # A streaming client that reads nothing for this long is dropped and its session freed.
+    client_write_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,14 @@ class Unresponsive(NotReady):
         self.failed_node = min(nodes) if nodes else None
 
 
+class TooManyRequests(CapacityError):
+    """One client holds as many concurrent generations as it may: 429 + Retry-After."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+
 class KVBudgetExceeded(CapacityError, MemoryError):
     code = "kv_budget_exceeded"
 

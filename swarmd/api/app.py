@@ -72,6 +72,7 @@ def build_app(cfg: ApiConfig, backend: openai_routes.Backend, status: Callable[[
     app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=middlewares)
     app[openai_routes.BACKEND] = backend
     app[openai_routes.DEFAULT_MAX_TOKENS] = cfg.default_max_tokens
+    app[openai_routes.CLIENTS] = openai_routes.ClientLimits(cfg.max_sessions_per_client, cfg.client_write_timeout_s)
     app[STATUS] = status
     app[MAX_BODY_BYTES] = cfg.max_body_bytes
     app.router.add_get("/health", health)

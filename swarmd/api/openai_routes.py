@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -9,7 +10,15 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from ..errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, NotReady, ShuttingDown, SwarmdError
+from ..errors import (
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    NotReady,
+    ShuttingDown,
+    SwarmdError,
+    TooManyRequests,
+)
 from ..ring.generation import Generation
 from ..types import GenerationRequest
 from .errors import error_payload
@@ -45,7 +54,40 @@ class Backend(Protocol):
     def ban(self, node_id: str) -> dict[str, object]: ...
 
 
+class ClientLimits:
+    """Generations in flight per client of the TCP listener (by address), and the slow-reader deadline."""
+
+    def __init__(self, per_client: int, write_timeout_s: float) -> None:
+        self.per_client = per_client
+        self.write_timeout_s = write_timeout_s
+        self.active: dict[str, int] = {}
+
+    @staticmethod
+    def client_of(request: web.Request) -> str | None:
+        """The client's address on the TCP listener; None on the Unix socket (local users are trusted)."""
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        return str(peer[0]) if isinstance(peer, tuple) else None
+
+    def enter(self, client: str | None) -> None:
+        if client is None:
+            return
+        if self.active.get(client, 0) >= self.per_client:
+            err = TooManyRequests(f"client {client} already runs {self.per_client} generations (the limit)")
+            err.retry_after_s = 1
+            raise err
+        self.active[client] = self.active.get(client, 0) + 1
+
+    def leave(self, client: str | None) -> None:
+        if client is not None:
+            left = self.active.get(client, 1) - 1
+            if left > 0:
+                self.active[client] = left
+            else:
+                self.active.pop(client, None)
+
+
 BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)  # type: ignore[type-abstract]
+CLIENTS: web.AppKey[ClientLimits] = web.AppKey("clients", ClientLimits)
 DEFAULT_MAX_TOKENS: web.AppKey[int] = web.AppKey("default_max_tokens", int)
 
 
@@ -112,8 +154,14 @@ async def _handle(request: web.Request, kind: Kind) -> web.StreamResponse:
         raise ShuttingDown("this node is shutting down")
     parsed = parse_request(kind, parse_body(await request.read()))
     gen_req = _build(backend, parsed, request.app[DEFAULT_MAX_TOKENS])
-    generation = backend.new_generation(gen_req)
-    backend.session_started()
+    limits, client = request.app[CLIENTS], ClientLimits.client_of(request)
+    limits.enter(client)
+    try:
+        generation = backend.new_generation(gen_req)
+        backend.session_started()
+    except BaseException:
+        limits.leave(client)
+        raise
     try:
         async with generation:
             if parsed.stream:
@@ -135,6 +183,7 @@ async def _handle(request: web.Request, kind: Kind) -> web.StreamResponse:
             })
     finally:
         backend.session_ended()
+        limits.leave(client)
 
 
 async def _stream(
@@ -146,8 +195,14 @@ async def _stream(
     base = {"id": f"{'cmpl' if kind == 'completion' else 'chatcmpl'}-{generation.session_id}", "object": obj,
             "created": int(time.time()), "model": model}
 
+    write_timeout = request.app[CLIENTS].write_timeout_s
+
     async def send(payload: dict[str, Any]) -> None:
-        await resp.write(b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n")
+        try:  # a client that stops reading is dropped, never waited for with a session held
+            async with asyncio.timeout(write_timeout):
+                await resp.write(b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n")
+        except TimeoutError:
+            raise ConnectionResetError(f"client read nothing for {write_timeout:g}s") from None
 
     def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
         out = dict(base, choices=choices)
@@ -164,8 +219,10 @@ async def _stream(
         await send(chunk([_choice(kind, None if kind == "chat" else "", finish)]))
         if parsed.include_usage:
             await send(chunk([], _usage(generation)))
-    except (ConnectionResetError, BrokenPipeError):
-        log.info("client left mid-stream; session %s freed", generation.session_id)
+    except (ConnectionResetError, BrokenPipeError) as exc:
+        log.info("client left mid-stream (%s); session %s freed", exc, generation.session_id)
+        if request.transport is not None:
+            request.transport.close()
         return resp
     except SwarmdError as exc:  # headers are gone: report in-band, then end the stream
         log.warning("session %s failed: %s", generation.session_id, exc.message)

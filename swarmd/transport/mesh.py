@@ -178,6 +178,7 @@ class Mesh:
             msg = await conn.recv(self.cfg.link_idle_s)  # idle links are silent; SWIM judges liveness
             if isinstance(msg, Ping):
                 conn.send_nowait(Pong(msg.nonce))
+                await conn.drain()  # a peer that stops reading stops being read (and times out), not buffered for
             elif isinstance(msg, (Hello, Pong)):
                 raise ProtocolError(f"unexpected {type(msg).__name__}", "unexpected")
             else:

@@ -21,7 +21,7 @@ from swarmd.types import TensorBlob
 from swarmd.wire import codec
 from swarmd.wire.crypto import ClientHandshake, FrameSealer, Keyring
 from swarmd.wire.framing import frame
-from swarmd.wire.messages import ClientAuth, Forward, Hello, Ping, Pong, ServerHello
+from swarmd.wire.messages import ClientAuth, Forward, Gossip, Hello, MemberUpdate, Ping, Pong, ServerHello
 
 pytestmark = pytest.mark.ring
 
@@ -82,10 +82,23 @@ class RawPeer:
         return False
 
 
+RSS_MB: dict[str, float] = {}  # the daemon's resident memory after warm-up, then at the end of the catalogue
+
+
+def rss_mb(cluster: Cluster) -> float:
+    proc = cluster.daemons[0].proc
+    assert proc is not None
+    with open(f"/proc/{proc.pid}/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+
 @pytest.fixture(scope="module")
 def daemon(tiny_models: dict[str, Path]) -> Iterator[Cluster]:
     root = Path(tempfile.mkdtemp(prefix="swh-", dir="/tmp"))
     cluster = Cluster(root, str(tiny_models["llama"]), ["0:4"], shared_cache_dir()).start()
+    for _ in range(3):
+        still_serves(cluster)  # warm: the first requests allocate what every later one reuses
+    RSS_MB["start"] = rss_mb(cluster)
     yield cluster
     cluster.stop()
     shutil.rmtree(root, ignore_errors=True)
@@ -110,6 +123,8 @@ PRE_HANDSHAKE = {
     "trailing_garbage": frame(msgpack.packb([1, 1, [], b"x" * 32]) + b"junk"),
     "map_instead_of_array": frame(msgpack.packb({"tag": 1})),
     "handshake_out_of_order": frame(codec.encode(ClientAuth(b"x" * 32))),
+    "unknown_protocol_version": frame(msgpack.packb([1, 99, [], b"n" * 32])),
+    "wrong_top_level_type": frame(msgpack.packb(42)),
 }
 
 
@@ -141,13 +156,125 @@ def test_wrong_key_is_refused_and_learns_nothing(daemon: Cluster, tmp_path: Path
     assert status["rejected_connections"].get("auth", 0) >= 1
 
 
+# Bodies sealed with the right keys after a good handshake and Hello: only the parser can refuse them.
+HOSTILE_BODIES = {
+    "array_header_claims_2^32-1_items": b"\xdd\xff\xff\xff\xff\x0b",
+    "map_header_claims_2^32-1_items": b"\xdf\xff\xff\xff\xff",
+    "nesting_1000_deep": b"\x91" * 1000 + b"\x00",
+    "string_longer_than_the_frame": b"\x92\x0b\xdb\x80\x00\x00\x00abc",
+    "invalid_utf8": b"\x93\x19\xa2\xff\xfe\xa1x",
+    "unknown_extension_type": b"\x92\x0b\xd4\x05\x00",
+    "duplicate_and_non_string_map_keys": b"\x92\x0b\x82\x01\x02\x01\x03",
+    "wrong_top_level_type": msgpack.packb("Ping"),
+    "missing_field": msgpack.packb([25, "s"]),
+    "extra_field": msgpack.packb([11, 1, 2]),
+    "integer_2^64-1": msgpack.packb([11, 2**64 - 1]),
+    "negative_integer": msgpack.packb([11, -5]),
+    "absurd_tensor_dimensions": msgpack.packb([23, "s" * 32, 0, 0, False, [], ["float32", [2**31, 2**31], b"\0" * 8]]),
+    "incarnation_2^63_in_gossip": msgpack.packb([34, "raw-peer", [["node0", "127.0.0.1:1", 2**63, "alive", 0, b"",
+                                                                      "raw-peer", b"", b""]]]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_BODIES))
+def test_hostile_body_after_handshake_closes_that_connection_only(daemon: Cluster, case: str) -> None:
+    key = read_key_file(daemon.key)  # type: ignore[arg-type]
+    bystander = RawPeer(daemon.daemons[0].addr)  # another peer's connection must survive
+    bystander.handshake(key)
+    bystander.hello("bystander")
+    peer = RawPeer(daemon.daemons[0].addr)
+    peer.handshake(key)
+    peer.hello()
+    peer.raw(peer.sealed(HOSTILE_BODIES[case]))
+    assert peer.closed_by_peer(), case
+    bystander.raw(bystander.sealed(codec.encode(Ping(7))))
+    assert codec.decode(bystander.read_frame()) == Pong(7)
+    still_serves(daemon)
+
+
+def test_stale_session_and_out_of_range_gossip_are_dropped_not_fatal(daemon: Cluster) -> None:
+    peer = RawPeer(daemon.daemons[0].addr)
+    peer.handshake(read_key_file(daemon.key))  # type: ignore[arg-type]
+    peer.hello()
+    nan = TensorBlob("float32", (1, 1, 64), struct.pack("<64f", *([float("nan")] * 64)))
+    peer.raw(peer.sealed(codec.encode(Forward("f" * 32, 0, 0, True, (), nan))))  # no such session
+    jump = MemberUpdate("ghost", "127.0.0.1:1", 2**62 + 1, "alive", 0, b"", "ghost")  # beyond SWIM's range
+    peer.raw(peer.sealed(codec.encode(Gossip("raw-peer", (jump,)))))
+    peer.raw(peer.sealed(codec.encode(Ping(9))))
+    assert codec.decode(peer.read_frame()) == Pong(9)  # still connected
+    status = still_serves(daemon)
+    assert status["gossip"]["dropped"].get("bad_update", 0) >= 1
+    assert all(p["node_id"] != "ghost" for p in status["peers"])
+
+
+def test_one_byte_per_second_is_cut_at_the_handshake_deadline(daemon: Cluster) -> None:
+    peer = RawPeer(daemon.daemons[0].addr)
+    hello = frame(codec.encode(ClientHandshake(Keyring([b"k" * 32])).hello()))
+    started = time.monotonic()
+    closed = False
+    for byte in hello:
+        try:
+            peer.raw(bytes([byte]))
+        except OSError:
+            closed = True
+            break
+        if peer.closed_by_peer(timeout=1.0):
+            closed = True
+            break
+    assert closed and time.monotonic() - started < 10, "a slow-drip handshake outlived the 5 s deadline"
+    still_serves(daemon)
+
+
+def test_connections_beyond_the_cap_are_refused_and_the_rest_keep_working(daemon: Cluster) -> None:
+    addr = daemon.daemons[0].addr
+    host, port = addr.rsplit(":", 1)
+    socks = []
+    try:
+        for _ in range(128 + 8):  # NetConfig.max_connections
+            socks.append(socket.create_connection((host, int(port)), timeout=5))
+        time.sleep(0.5)
+        status = still_serves(daemon)
+        assert status["rejected_connections"].get("too_many_connections", 0) >= 8
+    finally:
+        for s in socks:
+            s.close()
+    time.sleep(0.5)
+    peer = RawPeer(addr)
+    peer.handshake(read_key_file(daemon.key))  # type: ignore[arg-type]
+    peer.hello()
+
+
+def test_a_peer_that_stops_reading_is_cut_off_not_buffered_for(daemon: Cluster) -> None:
+    peer = RawPeer(daemon.daemons[0].addr)
+    peer.handshake(read_key_file(daemon.key))  # type: ignore[arg-type]
+    peer.hello()
+    peer.sock.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + 30
+    closed = False
+    while time.monotonic() < deadline and not closed:  # pings, and never a read of the pongs
+        try:
+            peer.sock.send(peer.sealed(codec.encode(Ping(sent))))
+            sent += 1
+        except BlockingIOError:
+            time.sleep(0.05)  # the daemon stopped reading us: it waits for us to drain its pongs
+        except OSError:
+            closed = True
+    assert closed or peer.closed_by_peer(timeout=20), f"still connected after {sent} unread pongs"
+    still_serves(daemon)
+
+
 @pytest.mark.parametrize("case", ["bad_mac", "replayed", "reordered", "invalid_msgpack", "unknown_tag",
-                                  "wrong_types", "bad_tensor", "oversized", "message_before_hello"])
+                                  "wrong_types", "bad_tensor", "oversized", "message_before_hello",
+                                  "old_key"])
 def test_bad_frame_after_handshake_closes_connection(daemon: Cluster, case: str) -> None:
     key = read_key_file(daemon.key)  # type: ignore[arg-type]
     peer = RawPeer(daemon.daemons[0].addr)
     peer.handshake(key)
-    if case == "message_before_hello":
+    if case == "old_key":  # frames sealed under a key this connection did not agree on (e.g. a rotated one)
+        peer.send_seal = FrameSealer(b"o" * 32)
+        peer.raw(peer.sealed(codec.encode(Hello("raw-peer", "127.0.0.1:9", "t", "tiny-llama", 4, 64, -1, -1, "c"))))
+    elif case == "message_before_hello":
         peer.raw(peer.sealed(codec.encode(Ping(1))))
     else:
         peer.hello()
@@ -213,3 +340,12 @@ def test_keyless_daemon_cannot_join_a_keyed_ring(tiny_models: dict[str, Path], t
     finally:
         good.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_zz_memory_growth_over_the_whole_catalogue_is_bounded(daemon: Cluster) -> None:
+    """Runs last in this module (pytest keeps file order): everything above hit the same daemon."""
+    still_serves(daemon)
+    grown = rss_mb(daemon) - RSS_MB["start"]
+    print(f"daemon RSS after the hostile catalogue: {RSS_MB['start']:.1f} MB -> {rss_mb(daemon):.1f} MB "
+          f"(+{grown:.1f} MB)")
+    assert grown < 50, grown
