@@ -121,6 +121,7 @@ class Node:
         self.safety = NodeSafety(self)  # quarantines and bans: who routing and links leave out
         self.mesh = Mesh(cfg.net, keyring, self.node_id, self._hello, self._dispatch, self._peer_lost, self._resolve)
         self.mesh.refuse = self.safety.refuse_link
+        self.mesh.sign_hello = self.safety.sign_hello
         self.host = StageHost(self.node_id, self.mesh.send, cfg.net.session_idle_s, self._spawn)
         self.trust = Trust(cfg.net.quarantine_s)
         self.auditor = Auditor(cfg.net.spot_check, cfg.net.probation_steps, self.safety.replicas,

@@ -8,12 +8,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .config import NodeConfig, default_state_dir
 from .errors import ConfigError, InvalidRequest, NotFound
-from .wire.identity import Identity, load_or_create
-from .wire.messages import Hop, NodeMeta
+from .wire.identity import Identity, fingerprint, hello_proof, load_or_create, verify
+from .wire.messages import Hello, Hop, NodeMeta
 
 if TYPE_CHECKING:
     from .node import Node
@@ -114,5 +115,18 @@ class NodeSafety:
     def published_bans(self) -> tuple[str, ...]:
         return tuple(self._ban_order[-MAX_BANS_PUBLISHED:])
 
-    def refuse_link(self, node_id: str) -> str | None:
-        return "banned identity" if node_id in self.node.attestor.banned_ids() else None
+    def sign_hello(self, hello: Hello, binding: bytes) -> Hello:
+        ident = self.node.identity
+        return replace(hello, identity=ident.public, proof=ident.sign(hello_proof(binding, hello.node_id)))
+
+    def refuse_link(self, hello: Hello, binding: bytes) -> str | None:
+        """Why a peer's Hello is refused: no valid proof of an identity key for this connection, a banned
+        key, or a node id that the swarm knows under another key (forged or duplicated)."""
+        if not verify(hello.identity, hello_proof(binding, hello.node_id), hello.proof):
+            return "no valid proof of an identity key"
+        if fingerprint(hello.identity) in self.node.attestor.banned:
+            return "banned identity"
+        pinned = self.node.attestor.pins.setdefault(hello.node_id, hello.identity)  # first key seen: pinned
+        if pinned != hello.identity:
+            return f"node id {hello.node_id!r} is known under another identity key (forged or duplicated)"
+        return None

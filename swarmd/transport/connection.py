@@ -14,7 +14,7 @@ import math
 from ..config import NetConfig
 from ..errors import AuthError, ProtocolError
 from ..wire import codec
-from ..wire.crypto import ClientHandshake, FrameSealer, Keyring, ServerHandshake
+from ..wire.crypto import ClientHandshake, FrameSealer, Keyring, ServerHandshake, SessionKeys
 from ..wire.framing import HEADER_SIZE, check_length, frame
 from ..wire.messages import HANDSHAKE_TAGS, ClientAuth, ClientHello, Message, ServerHello
 
@@ -37,6 +37,7 @@ class Connection:
         self._send = FrameSealer(None)
         self._recv = FrameSealer(None)
         self.authenticated = False
+        self.binding = b""  # unique to this connection once the handshake is done (SessionKeys.binding)
         self.node_id: str | None = None  # set from the peer's Hello
 
     # --- handshake ------------------------------------------------------------------------------
@@ -49,7 +50,7 @@ class Connection:
             assert isinstance(reply, ServerHello)
             auth, keys = hs.on_server_hello(reply)
             await self.send(auth)
-        self._established(keys.send, keys.recv)
+        self._established(keys)
 
     async def server_handshake(self, keyring: Keyring | None) -> None:
         async with asyncio.timeout(self.cfg.handshake_timeout_s):
@@ -60,11 +61,12 @@ class Connection:
             auth = await self._read(frozenset({ClientAuth.TAG}))
             assert isinstance(auth, ClientAuth)
             keys = hs.on_client_auth(auth)
-        self._established(keys.send, keys.recv)
+        self._established(keys)
 
-    def _established(self, send_key: bytes | None, recv_key: bytes | None) -> None:
-        self._send = FrameSealer(send_key)
-        self._recv = FrameSealer(recv_key)
+    def _established(self, keys: SessionKeys) -> None:
+        self._send = FrameSealer(keys.send)
+        self._recv = FrameSealer(keys.recv)
+        self.binding = keys.binding
         self._cap = self.cfg.max_frame_bytes + self._recv.overhead
         self.authenticated = True
 

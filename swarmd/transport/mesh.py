@@ -41,8 +41,10 @@ class Mesh:
         self.server = PeerServer(cfg, keyring, self._serve)
         self.advertised = ""
         self.incompatible: dict[str, str] = {}  # addr -> why
-        # node id -> why its links are refused (e.g. banned), or None; set by the node.
-        self.refuse: Callable[[str], str | None] = lambda node_id: None
+        # Identity on links, set by the node: (peer's Hello, connection binding) -> why it is refused (no
+        # valid proof, banned, another key than its node id's), or None; and how our Hello is signed.
+        self.refuse: Callable[[Hello, bytes], str | None] = lambda hello, binding: None
+        self.sign_hello: Callable[[Hello, bytes], Hello] = lambda hello, binding: hello
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -56,8 +58,9 @@ class Mesh:
         await asyncio.gather(*(link.stop() for link in self.links.values()), return_exceptions=True)
         await self.server.stop()
 
-    def hello(self) -> Hello:
-        return self._make_hello(self.advertised)
+    def hello(self, binding: bytes = b"") -> Hello:
+        """This node's Hello for one connection (signed for its ``binding``)."""
+        return self.sign_hello(self._make_hello(self.advertised), binding)
 
     # --- outgoing -------------------------------------------------------------------------------
 
@@ -118,11 +121,11 @@ class Mesh:
             raise PeerUnavailable(f"{hop.addr} is now node {link.node_id}, not {hop.node_id}")
         await link.send(*msgs)
 
-    def _compatible(self, hello: Hello) -> str | None:
-        mine = self.hello()
+    def _compatible(self, hello: Hello, binding: bytes) -> str | None:
+        mine = self._make_hello(self.advertised)
         if hello.node_id == self.node_id:
             return "peer uses this node's id"
-        if (why := self.refuse(hello.node_id)) is not None:
+        if (why := self.refuse(hello, binding)) is not None:
             return why
         if not hello.node_id or len(hello.node_id) > MAX_NODE_ID:
             return "invalid node id"
@@ -137,10 +140,10 @@ class Mesh:
             return f"invalid listen address {hello.listen!r}"
         return None
 
-    def _on_link_hello(self, addr: str, hello: Hello) -> bool | None:
+    def _on_link_hello(self, addr: str, hello: Hello, binding: bytes) -> bool | None:
         if hello.node_id == self.node_id:
             return None  # a seed address that turned out to be this node
-        why = self._compatible(hello)
+        why = self._compatible(hello, binding)
         if why is not None:
             self.incompatible[addr] = why
             log.warning("peer at %s rejected: %s", addr, why)
@@ -162,7 +165,7 @@ class Mesh:
         first = await conn.recv()
         if not isinstance(first, Hello):
             raise ProtocolError(f"expected Hello first, got {type(first).__name__}", "unexpected")
-        why = self._compatible(first)
+        why = self._compatible(first, conn.binding)
         if why is not None:
             raise ProtocolError(why, "incompatible")
         host, _, port = first.listen.rpartition(":")
@@ -170,7 +173,7 @@ class Mesh:
             host = conn.peer.rpartition(":")[0]
         addr = f"{host}:{port}"
         conn.node_id = first.node_id
-        await conn.send(self.hello())
+        await conn.send(self.hello(conn.binding))
         if first.node_id not in self.table.peers:
             self.table.saw(addr, first, time.monotonic())  # refreshed by our own link's Hello exchange
         self.link(addr)  # a way back to this peer

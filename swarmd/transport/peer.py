@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 PENDING_LIMIT = 32  # gossip messages queued while a link connects; the oldest is dropped beyond
 PENDING_MAX_AGE_S = 2.0  # queued gossip older than this is stale when the link comes up: dropped
-HelloCallback = Callable[[str, Hello], bool | None]  # (addr, hello) -> accept; None: it is us, stop the link
+# (addr, hello, connection binding) -> accept; None: it is us, stop the link
+HelloCallback = Callable[[str, Hello, bytes], bool | None]
 
 
 class _LinkToSelf(Exception):
@@ -38,7 +39,7 @@ class _LinkToSelf(Exception):
 
 
 class PeerLink:
-    def __init__(self, addr: str, cfg: NetConfig, keyring: Keyring | None, hello: Callable[[], Hello],
+    def __init__(self, addr: str, cfg: NetConfig, keyring: Keyring | None, hello: Callable[[bytes], Hello],
                  on_hello: HelloCallback, on_down: Callable[[str], None]) -> None:
         self.addr = addr
         self.cfg = cfg
@@ -181,11 +182,11 @@ class PeerLink:
         conn = Connection(reader, writer, self.cfg)
         self.conn = conn
         await conn.client_handshake(self.keyring)
-        await conn.send(self._hello())
+        await conn.send(self._hello(conn.binding))
         reply = await conn.recv()
         if not isinstance(reply, Hello):
             raise ProtocolError(f"expected Hello, got {type(reply).__name__}", "unexpected")
-        verdict = self._on_hello(self.addr, reply)
+        verdict = self._on_hello(self.addr, reply, conn.binding)
         if verdict is None:
             raise _LinkToSelf()
         if not verdict:

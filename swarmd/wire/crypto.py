@@ -63,6 +63,13 @@ class Keyring:
 class SessionKeys:
     send: bytes | None  # None: insecure mode, frames travel in the clear
     recv: bytes | None
+    # Unique to this connection (the handshake transcript): what a peer signs with its identity key in
+    # its Hello, so a proof cannot be replayed on another connection.
+    binding: bytes = b""
+
+
+def _insecure_binding(nonce_c: bytes, nonce_s: bytes) -> bytes:
+    return hashlib.sha256(b"swarmd-hs-insecure" + PROTOCOL_VERSION.to_bytes(4, "big") + nonce_c + nonce_s).digest()
 
 
 def _transcript(kid: bytes, nonce_c: bytes, nonce_s: bytes) -> bytes:
@@ -101,7 +108,7 @@ class ClientHandshake:
         if self.keyring is None:
             if msg.key_id or msg.mac:
                 raise AuthError("peer requires a swarm key; this node runs insecure", "auth")
-            return ClientAuth(b""), SessionKeys(None, None)
+            return ClientAuth(b""), SessionKeys(None, None, _insecure_binding(self.nonce, msg.nonce))
         key = self.keyring.get(msg.key_id)
         if key is None:
             raise AuthError("peer chose a key this node does not hold", "auth")
@@ -109,7 +116,7 @@ class ClientHandshake:
         if not hmac.compare_digest(msg.mac, _mac(key, b"server", t)):
             raise AuthError("peer failed to prove it holds the swarm key", "auth")
         keys = SessionKeys(send=_derive(key, self.nonce, msg.nonce, b"c2s", t),
-                           recv=_derive(key, self.nonce, msg.nonce, b"s2c", t))
+                           recv=_derive(key, self.nonce, msg.nonce, b"s2c", t), binding=t)
         return ClientAuth(_mac(key, b"client", t)), keys
 
 
@@ -143,14 +150,14 @@ class ServerHandshake:
         if self.keyring is None:
             if msg.mac:
                 raise AuthError("unexpected MAC from an insecure peer", "auth")
-            return SessionKeys(None, None)
+            return SessionKeys(None, None, _insecure_binding(self._client_nonce, self.nonce))
         if self._key is None:
             raise AuthError("ClientAuth before ClientHello", "handshake")
         t = _transcript(self._kid, self._client_nonce, self.nonce)
         if not hmac.compare_digest(msg.mac, _mac(self._key, b"client", t)):
             raise AuthError("peer failed to prove it holds the swarm key", "auth")
         return SessionKeys(send=_derive(self._key, self._client_nonce, self.nonce, b"s2c", t),
-                           recv=_derive(self._key, self._client_nonce, self.nonce, b"c2s", t))
+                           recv=_derive(self._key, self._client_nonce, self.nonce, b"c2s", t), binding=t)
 
 
 class FrameSealer:

@@ -33,6 +33,11 @@ def attestation(node_id: str, addr: str, incarnation: int, meta_version: int, me
     return encode_attestation(node_id, addr, incarnation, meta_version, meta, left)
 
 
+def hello_proof(binding: bytes, node_id: str) -> bytes:
+    """What a node signs in its Hello: this connection's handshake transcript and the node id it claims."""
+    return b"swarmd-hello-v1\0" + binding + node_id.encode()
+
+
 def verify(public: bytes, data: bytes, signature: bytes) -> bool:
     if len(public) != PUBLIC_BYTES or len(signature) != SIGNATURE_BYTES:
         return False

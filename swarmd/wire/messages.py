@@ -79,6 +79,10 @@ class Hello(Message):
     span_start: int
     span_end: int
     device: str
+    # The sender's Ed25519 identity key, and its signature over this connection's handshake transcript
+    # and node id (wire/identity.hello_proof): who is at the other end, bound to this connection.
+    identity: bytes = b""
+    proof: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ import struct
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ from swarmd.types import TensorBlob
 from swarmd.wire import codec
 from swarmd.wire.crypto import ClientHandshake, FrameSealer, Keyring
 from swarmd.wire.framing import frame
+from swarmd.wire.identity import Identity, hello_proof
 from swarmd.wire.messages import ClientAuth, Forward, Gossip, Hello, MemberUpdate, Ping, Pong, ServerHello
 
 pytestmark = pytest.mark.ring
@@ -34,6 +36,9 @@ class RawPeer:
         self.sock = socket.create_connection((host, int(port)), timeout=5)
         self.send_seal = FrameSealer(None)
         self.recv_seal = FrameSealer(None)
+        self.identity = Identity.generate()
+        self.binding = b""
+        self.node_id = ""
 
     def raw(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -57,14 +62,19 @@ class RawPeer:
         reply = codec.decode(self.read_frame())
         assert isinstance(reply, ServerHello)
         auth, keys = hs.on_server_hello(reply)
+        self.binding = keys.binding
         self.raw(frame(codec.encode(auth)))
         self.send_seal, self.recv_seal = FrameSealer(keys.send), FrameSealer(keys.recv)
 
     def sealed(self, body: bytes) -> bytes:
         return frame(self.send_seal.seal(body))
 
-    def hello(self, node: str = "raw-peer") -> None:
-        self.raw(self.sealed(codec.encode(Hello(node, "127.0.0.1:9", "test", "tiny-llama", 4, 64, -1, -1, "cpu"))))
+    def hello(self, node: str = "") -> None:
+        """A Hello with a valid proof of this peer's own (fresh) identity key for this connection."""
+        node = self.node_id = node or f"raw-{self.identity.fingerprint[:8]}"
+        hello = Hello(node, "127.0.0.1:9", "test", "tiny-llama", 4, 64, -1, -1, "cpu", self.identity.public,
+                      self.identity.sign(hello_proof(self.binding, node)))
+        self.raw(self.sealed(codec.encode(hello)))
         assert isinstance(codec.decode(self.read_frame()), Hello)
 
     def closed_by_peer(self, timeout: float = 5.0) -> bool:
@@ -171,8 +181,8 @@ HOSTILE_BODIES = {
     "integer_2^64-1": msgpack.packb([11, 2**64 - 1]),
     "negative_integer": msgpack.packb([11, -5]),
     "absurd_tensor_dimensions": msgpack.packb([23, "s" * 32, 0, 0, False, [], ["float32", [2**31, 2**31], b"\0" * 8]]),
-    "incarnation_2^63_in_gossip": msgpack.packb([34, "raw-peer", [["node0", "127.0.0.1:1", 2**63, "alive", 0, b"",
-                                                                      "raw-peer", b"", b""]]]),
+    "incarnation_2^63_in_gossip": msgpack.packb([34, "raw-x", [["node0", "127.0.0.1:1", 2**63, "alive", 0, b"",
+                                                                   "raw-x", b"", b""]]]),
 }
 
 
@@ -181,7 +191,7 @@ def test_hostile_body_after_handshake_closes_that_connection_only(daemon: Cluste
     key = read_key_file(daemon.key)  # type: ignore[arg-type]
     bystander = RawPeer(daemon.daemons[0].addr)  # another peer's connection must survive
     bystander.handshake(key)
-    bystander.hello("bystander")
+    bystander.hello()
     peer = RawPeer(daemon.daemons[0].addr)
     peer.handshake(key)
     peer.hello()
@@ -192,6 +202,31 @@ def test_hostile_body_after_handshake_closes_that_connection_only(daemon: Cluste
     still_serves(daemon)
 
 
+@pytest.mark.parametrize("case", ["no_proof", "proof_of_another_connection", "node_id_of_another_key"])
+def test_hello_without_a_valid_identity_proof_is_refused(daemon: Cluster, case: str) -> None:
+    key = read_key_file(daemon.key)  # type: ignore[arg-type]
+    first = RawPeer(daemon.daemons[0].addr)
+    first.handshake(key)
+    alice = f"alice-{case}"
+    first.hello(alice)  # alice's node id is now pinned to first.identity
+    peer = RawPeer(daemon.daemons[0].addr)
+    peer.handshake(key)
+    base = Hello("mallory", "127.0.0.1:9", "test", "tiny-llama", 4, 64, -1, -1, "cpu")
+    if case == "no_proof":
+        hello = base
+    elif case == "proof_of_another_connection":  # a proof captured from alice's connection, replayed
+        hello = replace(base, node_id=alice, identity=first.identity.public,
+                        proof=first.identity.sign(hello_proof(first.binding, alice)))
+    else:  # a valid proof, but of another key than the one alice's node id was first seen with
+        hello = replace(base, node_id=alice, identity=peer.identity.public,
+                        proof=peer.identity.sign(hello_proof(peer.binding, alice)))
+    peer.raw(peer.sealed(codec.encode(hello)))
+    assert peer.closed_by_peer(), case
+    first.raw(first.sealed(codec.encode(Ping(3))))
+    assert codec.decode(first.read_frame()) == Pong(3)
+    assert still_serves(daemon)["rejected_connections"].get("incompatible", 0) >= 1
+
+
 def test_stale_session_and_out_of_range_gossip_are_dropped_not_fatal(daemon: Cluster) -> None:
     peer = RawPeer(daemon.daemons[0].addr)
     peer.handshake(read_key_file(daemon.key))  # type: ignore[arg-type]
@@ -199,7 +234,7 @@ def test_stale_session_and_out_of_range_gossip_are_dropped_not_fatal(daemon: Clu
     nan = TensorBlob("float32", (1, 1, 64), struct.pack("<64f", *([float("nan")] * 64)))
     peer.raw(peer.sealed(codec.encode(Forward("f" * 32, 0, 0, True, (), nan))))  # no such session
     jump = MemberUpdate("ghost", "127.0.0.1:1", 2**62 + 1, "alive", 0, b"", "ghost")  # beyond SWIM's range
-    peer.raw(peer.sealed(codec.encode(Gossip("raw-peer", (jump,)))))
+    peer.raw(peer.sealed(codec.encode(Gossip(peer.node_id, (jump,)))))
     peer.raw(peer.sealed(codec.encode(Ping(9))))
     assert codec.decode(peer.read_frame()) == Pong(9)  # still connected
     status = still_serves(daemon)

@@ -55,7 +55,7 @@ def test_a_member_cannot_forge_another_members_state(tiny_models: dict[str, Path
                  "node1 never alive at node0", cluster.logs)
         before = peer(status(n0.sock), "node1")
         assert before is not None and before["identity"]
-        # An insider: holds the swarm key, completes the handshake, speaks for itself as "raw-peer" ...
+        # An insider: holds the swarm key, completes the handshake, speaks for itself ...
         raw = RawPeer(n0.addr)
         raw.handshake(read_key_file(cluster.key))  # type: ignore[arg-type]
         raw.hello()
@@ -64,7 +64,7 @@ def test_a_member_cannot_forge_another_members_state(tiny_models: dict[str, Path
         forged = signed(evil, "node1", "127.0.0.1:9", before["incarnation"] + 5, 1 << 40, b"")
         # and introduces a member with no signature at all.
         unsigned = MemberUpdate("ghost", "127.0.0.1:9", 0, "alive", 0, b"", "ghost")
-        raw.raw(raw.sealed(codec.encode(Gossip("raw-peer", (forged, unsigned)))))
+        raw.raw(raw.sealed(codec.encode(Gossip(raw.node_id, (forged, unsigned)))))
         doc = status(n0.sock)
         wait_for(lambda: status(n0.sock)["gossip"]["dropped"].get("forged", 0) >= 1, 10, "forgery not refused",
                  cluster.logs)

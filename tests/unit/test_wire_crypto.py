@@ -140,7 +140,9 @@ def test_bad_nonce_length(n: int, keys: list[bytes] | None) -> None:
 
 def test_insecure_both_sides() -> None:
     client, server = handshake(None, None)
-    assert client == server == SessionKeys(None, None)
+    assert client == server and (client.send, client.recv) == (None, None)
+    assert len(client.binding) == 32  # still unique to the connection: Hello proofs bind to it
+    assert handshake(None, None)[0].binding != client.binding
 
 
 def test_insecure_client_against_keyed_server() -> None:
