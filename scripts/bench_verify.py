@@ -8,6 +8,7 @@ sessions are checked; the draws are seeded. Every checked session must still giv
 Writes bench/verify.json and bench/verify.md.
 
     python scripts/bench_verify.py [--model smollm2-135m-instruct] [--sessions 16] [--tokens 32] [--rates 0,0.05,0.2]
+    python scripts/bench_verify.py --device cuda --model random:llama-3-8b --out bench/verify_gpu   # one GPU, bf16
 """
 
 from __future__ import annotations
@@ -51,26 +52,36 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3, help="batches of --sessions per rate (tok/s is their mean)")
     ap.add_argument("--rates", default="0,0.05,0.2")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda: every daemon on the one GPU, bf16")
     ap.add_argument("--out", default=str(REPO / "bench" / "verify"))
     args = ap.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     cache = shared_cache_dir()
     meta = load_meta(ModelConfig(source=args.model, cache_dir=cache), EngineConfig())
     half = meta.num_layers // 2
-    text = "Explain how a pipeline of computers can run one language model together, step by step. " * 40
-    ids = meta.tokenizer(text)["input_ids"]
-    prompts = [ids[5 * i: 5 * i + 40] for i in range(args.sessions * args.rounds)]
+    n_prompts = args.sessions * args.rounds
+    if args.device == "cpu":
+        text = "Explain how a pipeline of computers can run one language model together, step by step. " * 40
+        ids = meta.tokenizer(text)["input_ids"]
+        prompts = [ids[5 * i: 5 * i + 40] for i in range(n_prompts)]
+        ref = load_reference(args.model, cache)
+        gen_tps = generate_throughput(ref, prompts[: args.sessions], args.tokens)
+        del ref
+        device_args: list[str] = []
+    else:
+        import random
 
-    ref = load_reference(args.model, cache)
-    gen_tps = generate_throughput(ref, prompts[: args.sessions], args.tokens)
-    del ref
+        rng = random.Random(0)
+        prompts = [[rng.randrange(int(meta.config.vocab_size)) for _ in range(40)] for _ in range(n_prompts)]
+        gen_tps = gpu_generate_throughput(args.model, prompts[: args.sessions], args.tokens)
+        device_args = ["--device", args.device, "--kv-budget", "8GiB", "--seconds-per-layer", "0.0005"]
     print(f"generate batch {args.sessions}: {gen_tps:.1f} tok/s", flush=True)
 
     rows: list[dict[str, object]] = []
     baseline_texts: list[str] | None = None
     for rate in rates:
         root = Path(tempfile.mkdtemp(prefix="swv-", dir="/tmp"))
-        extra = ["--spot-check", str(rate), "--probation-steps", "0", "--spot-check-seed", "1"]
+        extra = ["--spot-check", str(rate), "--probation-steps", "0", "--spot-check-seed", "1", *device_args]
         cluster = Cluster(root, args.model, [f"0:{half}", f"{half}:{meta.num_layers}", f"{half}:{meta.num_layers}"],
                           cache, extra=extra, threads=1).start(timeout=900)
         try:
@@ -92,6 +103,9 @@ def main() -> None:
                    "same_text_as_rate_0": same}
             rows.append(row)
             print(row, flush=True)
+            partial = Path(args.out).with_suffix(".partial.json")
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps({"generate_tok_s": gen_tps, "rows": rows}, indent=2) + "\n")
         finally:
             cluster.stop()
             shutil.rmtree(root, ignore_errors=True)
@@ -99,7 +113,12 @@ def main() -> None:
     for row in rows:
         row["vs_rate_0"] = float(row["tok_s"]) / base  # type: ignore[arg-type]
         row["vs_generate"] = float(row["tok_s"]) / gen_tps  # type: ignore[arg-type]
-    res = {"model": args.model, "machine": f"{platform.machine()}, {os.cpu_count()} cpus", "sessions": args.sessions,
+    machine = f"{platform.machine()}, {os.cpu_count()} cpus"
+    if args.device != "cpu":
+        import torch
+
+        machine += f", {torch.cuda.get_device_name(0)}, all daemons on one GPU, bfloat16"
+    res = {"model": args.model, "machine": machine, "sessions": args.sessions,
            "tokens": args.tokens, "rounds": args.rounds, "generate_tok_s": gen_tps, "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +135,35 @@ def main() -> None:
                      f"{row['checked_sessions']} | {row['checked_steps']} | {row['mismatches']} | "
                      f"{row['same_text_as_rate_0'] or '-'} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".partial.json").unlink(missing_ok=True)
     print("\n".join(lines))
+
+
+def gpu_generate_throughput(preset: str, prompts: list[list[int]], tokens: int) -> float:
+    """transformers ``generate`` at batch ``len(prompts)`` on cuda:0, bf16, random weights of the preset's shape."""
+    import time
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from swarmd.engine.sources import RANDOM_PRESETS
+
+    spec = dict(RANDOM_PRESETS[preset.removeprefix("random:")])
+    cfg = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    with torch.device("cuda:0"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
+    x = torch.tensor(prompts, device="cuda:0")
+    with torch.inference_mode():
+        model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=4, do_sample=False, pad_token_id=0)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=tokens, min_new_tokens=tokens,
+                       do_sample=False, pad_token_id=0)
+        torch.cuda.synchronize()
+        tps = len(prompts) * tokens / (time.perf_counter() - t)
+    del model
+    torch.cuda.empty_cache()
+    return tps
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
@@ -23,12 +22,12 @@ from .membership.swim import MemberChanged, Swim
 from .membership.swim_config import SwimConfig
 from .membership.trust import Trust
 from .membership.view import SwarmView
+from .node_routing import NodeRouting
 from .node_safety import NodeSafety, node_identity
 from .placer import Placer
 from .ring.audit import Auditor
 from .ring.entry import RingEntry
 from .ring.generation import Generation
-from .ring.router import Holder, plan_chain
 from .ring.stage_host import Span, StageHost
 from .sdnotify import Notifier
 from .transport.mesh import Mesh
@@ -119,6 +118,7 @@ class Node:
         self.identity = node_identity(cfg, self.node_id)
         self.attestor = Attestor(self.identity, self.node_id)  # signs our gossip, checks everyone's
         self.safety = NodeSafety(self)  # quarantines and bans: who routing and links leave out
+        self.routing = NodeRouting(self)  # holders, best chain, its step time and load
         self.mesh = Mesh(cfg.net, keyring, self.node_id, self._hello, self._dispatch, self._peer_lost, self._resolve)
         self.mesh.refuse = self.safety.refuse_link
         self.mesh.sign_hello = self.safety.sign_hello
@@ -127,7 +127,7 @@ class Node:
         self.auditor = Auditor(cfg.net.spot_check, cfg.net.probation_steps, self.safety.replicas,
                                cfg.net.spot_check_seed) \
             if cfg.net.spot_check > 0 else None
-        self.entry = RingEntry(Hop(self.node_id, "", 0, 0), self.mesh.send, self.plan,
+        self.entry = RingEntry(Hop(self.node_id, "", 0, 0), self.mesh.send, self.routing.plan,
                                accept_timeout_s=self.cfg.net.accept_timeout_s, answered_since=self.mesh.answered_since,
                                nudge=self.mesh.nudge, auditor=self.auditor, audit_dtype=self.safety.audit_dtype,
                                on_dissent=self.safety.dissent)
@@ -194,7 +194,7 @@ class Node:
         if self.memory_budget is None:
             self.memory_budget = await asyncio.to_thread(default_memory_budget, self.cfg.engine.device)
         self.placer = Placer(self.node_id, self.host, loaded.num_layers, self.cfg.net.settle_s, self._plan,
-                             self.holders, self._load_span, self._publish, lambda: self.accepting)
+                             self.routing.holders, self._load_span, self._publish, lambda: self.accepting)
         if span is not None:
             await self._load_span((span.start, span.end))
         await self._join()
@@ -391,57 +391,6 @@ class Node:
             span[0], span[1], self.cfg.engine.device,
         )
 
-    def holders(self) -> list[Holder]:
-        """Every serving span of a live member (this node included), with what routing needs to cost it."""
-        spl = float(self.profile.seconds_per_layer) if self.profile is not None else 0.0
-        out = [Holder(self.node_id, self.swim_addr, start, end, spl, 0.0, self.host.queue_depth)
-               for start, end in self.host.serving()]
-        rtt = self.membership.rtt_s if self.membership is not None else {}
-        excluded = self.safety.excluded()
-        for peer in self.view.live():
-            link = self.mesh.links.get(peer.addr)
-            if (link is not None and link.failing) or peer.node_id in excluded:
-                continue
-            meta = peer.meta
-            for start, end in peer.serving_spans():
-                assert meta is not None
-                out.append(Holder(peer.node_id, peer.addr, start, end, meta.seconds_per_layer,
-                                  rtt.get(peer.node_id, 0.0) / 2, meta.queue, peer.state == "suspect"))
-        return out
-
-    def plan(self, avoid: frozenset[str] = frozenset(), exclude: frozenset[str] = frozenset()) -> list[Hop] | None:
-        """The best chain now without the ``exclude`` nodes; without the ``avoid`` nodes too where possible."""
-        if self.loaded is None:
-            return None
-        holders = [h for h in self.holders() if h.node_id not in exclude]
-        if avoid:
-            chain = plan_chain([h for h in holders if h.node_id not in avoid], self.loaded.num_layers,
-                               prefer=self.node_id)
-            if chain is not None:
-                return chain
-        return plan_chain(holders, self.loaded.num_layers, prefer=self.node_id)
-
-    def step_estimate(self) -> float | None:
-        """Expected seconds of one decode step of the current best chain (gossiped speeds, measured
-        latencies); None when no chain covers the model."""
-        holders = self.holders()
-        chain = plan_chain(holders, self.loaded.num_layers, prefer=self.node_id) if self.loaded is not None else None
-        if chain is None:
-            return None
-        cost = {(h.node_id, h.start, h.end): h.cost_s() for h in holders}
-        return sum(cost.get((hop.node_id, hop.start, hop.end), 0.0) for hop in chain)
-
-    def chain_load(self, node_ids: Sequence[str]) -> int:
-        """Sessions on the busiest of these nodes as far as this node knows: its own generations (all may
-        share the chain) and each node's gossiped session count (at most 2 s old)."""
-        busiest = self._active
-        for node_id in node_ids:
-            if node_id == self.node_id:
-                busiest = max(busiest, self.host.session_count)
-            elif (peer := self.view.peers.get(node_id)) is not None and peer.meta is not None:
-                busiest = max(busiest, peer.meta.sessions)
-        return busiest
-
     def _dispatch(self, msg: Message, sender: str) -> None:
         if msg.TAG in SWIM_TAGS:
             if self.membership is not None:
@@ -493,7 +442,7 @@ class Node:
         return int(self.loaded.max_context) if self.loaded is not None else 0
 
     def can_serve(self) -> bool:
-        return self.accepting and self.state == NodeState.SERVING and self.plan() is not None
+        return self.accepting and self.state == NodeState.SERVING and self.routing.plan() is not None
 
     def new_generation(self, request: GenerationRequest) -> Generation:
         if self._codec is None:
@@ -501,8 +450,8 @@ class Node:
         net = self.cfg.net
         return Generation(self.entry, request, self._codec.decode, prefill_chunk=net.prefill_chunk,
                           open_timeout_s=net.open_timeout_s, token_timeout_s=self.cfg.engine.step_timeout_s,
-                          stall_timeout_s=net.stall_timeout_s, step_estimate_s=self.step_estimate(),
-                          load=self.chain_load, recovery_timeout_s=net.recovery_timeout_s,
+                          stall_timeout_s=net.stall_timeout_s, step_estimate_s=self.routing.step_estimate(),
+                          load=self.routing.chain_load, recovery_timeout_s=net.recovery_timeout_s,
                           on_recovery=self._recovered)
 
     def _recovered(self, rec: Any) -> None:

@@ -63,7 +63,8 @@ class NodeSafety:
 
     def replicas(self, start: int, end: int, leave_out: frozenset[str]) -> list[Hop]:
         """Serving holders of exactly ``[start, end)`` outside ``leave_out``, cheapest first (shadows, referees)."""
-        found = [h for h in self.node.holders() if (h.start, h.end) == (start, end) and h.node_id not in leave_out]
+        found = [h for h in self.node.routing.holders()
+                 if (h.start, h.end) == (start, end) and h.node_id not in leave_out]
         return [Hop(h.node_id, h.addr, start, end) for h in sorted(found, key=lambda h: h.cost_s())]
 
     def audit_dtype(self, chain: Sequence[Hop]) -> str:

@@ -87,7 +87,7 @@ def _layer_replicas(holders: list[Holder], num_layers: int) -> list[int]:
 
 def status_document(node: Node) -> dict[str, Any]:
     num_layers = node.loaded.num_layers if node.loaded is not None else 0
-    holders = node.holders()
+    holders = node.routing.holders()
     chain = plan_chain(holders, num_layers, prefer=node.node_id) if node.loaded is not None else None
     state = node.state
     if state == NodeState.SERVING and chain is None:

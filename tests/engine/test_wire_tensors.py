@@ -6,6 +6,8 @@ import struct
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from swarmd.engine.wire_tensors import blob_to_tensor, tensor_to_blob
 from swarmd.errors import InvalidRequest
@@ -35,3 +37,22 @@ def test_shape_must_match_the_model(shape: tuple[int, ...]) -> None:
         n *= d
     with pytest.raises(InvalidRequest, match="shape"):
         blob_to_tensor(TensorBlob("float32", shape, bytes(4 * n)), 64)
+
+
+# --- properties: any blob the codec lets through ------------------------------------------------------
+
+
+ITEM = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@given(st.sampled_from(sorted(ITEM)), st.lists(st.integers(1, 6), min_size=1, max_size=4), st.data())
+def test_any_blob_becomes_hidden_states_or_a_clear_refusal(dtype: str, shape: list[int], data: st.DataObject) -> None:
+    n = 1
+    for d in shape:
+        n *= d
+    raw = data.draw(st.binary(min_size=n * ITEM[dtype], max_size=n * ITEM[dtype]))
+    try:
+        t = blob_to_tensor(TensorBlob(dtype, tuple(shape), raw), 4)
+    except InvalidRequest:
+        return
+    assert tuple(t.shape) == (1, shape[1], 4) and bool(torch.isfinite(t).all())

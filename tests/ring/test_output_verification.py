@@ -67,6 +67,10 @@ def test_a_lying_member_is_quarantined_and_its_sessions_finish_correct(short_tmp
     cluster.start()
     try:
         wait_members(cluster, len(spans))
+        deadline = time.monotonic() + 30
+        while fast and liar_id not in status(entry.sock)["ring"]:  # routing has seen its (claimed) speed
+            assert time.monotonic() < deadline, status(entry.sock)
+            time.sleep(0.1)
         steps_until_caught = None
         done_steps = 0
         with httpx.Client(transport=httpx.HTTPTransport(uds=str(entry.sock)), timeout=120) as c:

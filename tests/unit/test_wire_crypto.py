@@ -6,11 +6,13 @@ import dataclasses
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from swarmd.errors import AuthError, ProtocolError
 from swarmd.wire.codec import decode, encode
 from swarmd.wire.crypto import ClientHandshake, FrameSealer, Keyring, ServerHandshake, SessionKeys, key_id
-from swarmd.wire.messages import HANDSHAKE_TAGS, PROTOCOL_VERSION, ClientAuth
+from swarmd.wire.messages import HANDSHAKE_TAGS, PROTOCOL_VERSION, ClientAuth, ClientHello, ServerHello
 
 OLD, NEW, OTHER = b"o" * 32, b"n" * 32, b"x" * 32
 
@@ -255,3 +257,31 @@ def test_altered_frame(mangle: Any) -> None:
     sealed = tx.seal(b"a frame body")  # 12 + 16 = 28 bytes
     expect_bad_mac(rx, mangle(sealed))
     assert rx.open(sealed) == b"a frame body"
+
+
+# --- properties: any field values a hostile peer can put in a handshake message --------------------------
+
+
+
+VERSIONS = st.one_of(st.just(PROTOCOL_VERSION), st.integers(-1, 2**63 - 1))
+SHORT = st.binary(max_size=40)
+
+
+@given(VERSIONS, st.lists(st.one_of(st.just(key_id(NEW)), SHORT), max_size=6), SHORT)
+def test_any_client_hello_is_answered_or_refused_with_an_auth_error(version: int, kids: list[bytes],
+                                                                   nonce: bytes) -> None:
+    server = ServerHandshake(Keyring([NEW]))
+    try:
+        reply = server.on_client_hello(ClientHello(version, tuple(kids), nonce))
+    except AuthError:
+        return
+    assert version == PROTOCOL_VERSION and len(nonce) == 32 and key_id(NEW) in kids
+    with pytest.raises(AuthError):  # without the key, no ClientAuth passes
+        server.on_client_auth(ClientAuth(bytes(32)))
+    assert reply.key_id == key_id(NEW)
+
+
+@given(VERSIONS, SHORT, SHORT, SHORT)
+def test_any_server_hello_without_the_key_is_refused(version: int, kid: bytes, nonce: bytes, mac: bytes) -> None:
+    with pytest.raises(AuthError):
+        ClientHandshake(Keyring([NEW])).on_server_hello(ServerHello(version, kid, nonce, mac))
