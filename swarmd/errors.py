@@ -55,6 +55,13 @@ class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
 
 
+class Forbidden(InvalidRequest):
+    """Not allowed from where the request came (e.g. administration over the TCP listener)."""
+
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(InvalidRequest):
     """The request names something this node does not know (a member, a route)."""
 

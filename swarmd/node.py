@@ -8,6 +8,7 @@ import logging
 import secrets
 import socket
 import time
+from dataclasses import replace
 from typing import Any
 
 from . import __version__
@@ -210,7 +211,7 @@ class Node:
         self.swim_addr = f"{host}:{port}"
         self.entry.self_hop = Hop(self.node_id, self.swim_addr, 0, 0)
         swim_cfg = SwimConfig.local() if self.cfg.net.gossip == "local" else SwimConfig.lan()
-        swim = Swim(self.node_id, self.swim_addr, swim_cfg, meta=encode_meta(self._meta()), attestor=self.attestor)
+        swim = Swim(self.node_id, self.swim_addr, swim_cfg, meta=self._encoded_meta(), attestor=self.attestor)
         self.membership = Membership(swim, self.mesh.post, self._on_member, connect=self.mesh.connect)
         self.membership.start(self.cfg.net.peers)
         await self._start_discovery()
@@ -346,10 +347,23 @@ class Node:
             health, self.pinned, self.trust.published(time.monotonic()), self.safety.published_bans(),
         )
 
+    def _encoded_meta(self) -> bytes:
+        """This node's metadata as gossip carries it; quarantines, then bans, are cut (oldest first) when
+        they would not fit the metadata cap."""
+        meta = self._meta()
+        while True:
+            try:
+                return encode_meta(meta)
+            except ValueError:
+                if not meta.quarantined and not meta.banned:
+                    raise
+                meta = replace(meta, quarantined=meta.quarantined[1:]) if meta.quarantined else \
+                    replace(meta, banned=meta.banned[1:])
+
     def _publish(self) -> None:
         if self.membership is not None:
             self._published_load = (self.host.session_count, self.host.queue_depth)
-            self.membership.set_meta(encode_meta(self._meta()))
+            self.membership.set_meta(self._encoded_meta())
 
     async def _load_reporter(self) -> None:
         while True:

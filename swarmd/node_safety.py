@@ -127,7 +127,7 @@ class NodeSafety:
             return "no valid proof of an identity key"
         if fingerprint(hello.identity) in self.node.attestor.banned:
             return "banned identity"
-        pinned = self.node.attestor.pins.setdefault(hello.node_id, hello.identity)  # first key seen: pinned
+        pinned = self.node.attestor.pin(hello.node_id, hello.identity)  # the first key seen is pinned
         if pinned != hello.identity:
             return f"node id {hello.node_id!r} is known under another identity key (forged or duplicated)"
         return None

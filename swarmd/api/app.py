@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import ApiConfig, parse_hostport
-from ..errors import ConfigError, InvalidRequest
+from ..errors import ConfigError, Forbidden, InvalidRequest
 from . import openai_routes
 from .errors import MAX_BODY_BYTES, bearer_middleware, error_middleware, json_error
 
@@ -32,13 +32,21 @@ async def swarm_status(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATUS]())
 
 
+def local_only(request: web.Request) -> None:
+    """Administration (drain, ban) is for the node's operator: the Unix socket, never the TCP listener."""
+    if openai_routes.ClientLimits.client_of(request) is not None:
+        raise Forbidden(f"{request.path} is served on the local Unix socket only")
+
+
 async def drain(request: web.Request) -> web.Response:
     """Start a graceful leave (the same path as SIGTERM); answers at once."""
+    local_only(request)
     return web.json_response(request.app[openai_routes.BACKEND].request_drain(), status=202)
 
 
 async def ban(request: web.Request) -> web.Response:
     """Ban a member by identity: ``{"node_id": "..."}``; the ban spreads through the swarm."""
+    local_only(request)
     try:
         body = await request.json()
     except ValueError:

@@ -113,32 +113,34 @@ def cmd_chat(sock: str, prompt: str, max_tokens: int | None, temperature: float 
     return EXIT_OK
 
 
-def cmd_drain(sock: str) -> int:
+def _post(sock: str, path: str, body: dict[str, Any], ok: int, what: str) -> tuple[int, dict[str, Any] | None]:
+    """POST to the daemon: ``(EXIT_OK, answer)`` on status ``ok``, else an exit code and None (reason printed)."""
     try:
-        status, doc = request_json(sock, "POST", "/v1/swarm/drain", {})
+        status, doc = request_json(sock, "POST", path, body)
     except OSError as exc:
         print(f"swarmctl: {sock}: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    if status != 202:
-        print(f"swarmctl: drain refused ({status}): {doc}", file=sys.stderr)
-        return EXIT_DEGRADED
-    print(f"draining: {doc.get('sessions', 0)} session(s) in flight get up to {doc.get('timeout_s')}s, "
-          "then the node leaves the swarm and exits")
-    return EXIT_OK
+        return EXIT_UNREACHABLE, None
+    if status != ok:
+        reason = doc.get("error", {}).get("message", doc) if isinstance(doc, dict) else doc
+        print(f"swarmctl: {what} refused ({status}): {reason}", file=sys.stderr)
+        return EXIT_DEGRADED, None
+    return EXIT_OK, doc
+
+
+def cmd_drain(sock: str) -> int:
+    code, doc = _post(sock, "/v1/swarm/drain", {}, 202, "drain")
+    if doc is not None:
+        print(f"draining: {doc.get('sessions', 0)} session(s) in flight get up to {doc.get('timeout_s')}s, "
+              "then the node leaves the swarm and exits")
+    return code
 
 
 def cmd_ban(sock: str, node_id: str) -> int:
-    try:
-        status, doc = request_json(sock, "POST", "/v1/swarm/ban", {"node_id": node_id})
-    except OSError as exc:
-        print(f"swarmctl: {sock}: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    if status != 200:
-        print(f"swarmctl: ban refused ({status}): {doc.get('error', {}).get('message', doc)}", file=sys.stderr)
-        return EXIT_DEGRADED
-    print(f"banned {doc['banned']} (identity {doc['fingerprint']}): its links are refused and its gossip dropped "
-          "here, and every member that hears of it does the same")
-    return EXIT_OK
+    code, doc = _post(sock, "/v1/swarm/ban", {"node_id": node_id}, 200, "ban")
+    if doc is not None:
+        print(f"banned {doc['banned']} (identity {doc['fingerprint']}): its links are refused and its gossip "
+              "dropped here, and every member that hears of it does the same")
+    return code
 
 
 def cmd_doctor(sock: str) -> int:

@@ -20,6 +20,7 @@ from .swim_messages import ALIVE, LEFT, MemberUpdate
 
 VERIFIED_CACHE = 4096  # signatures already checked (relayed records repeat a lot)
 MAX_PINS = 65536
+MAX_BANS = 1024  # fingerprints refused in all (gossiped bans beyond it are ignored, and logged by the node)
 
 
 class Attestor:
@@ -29,6 +30,15 @@ class Attestor:
         self.pins: dict[str, bytes] = {self_id: identity.public}  # node id -> its key
         self.banned: set[str] = set()  # key fingerprints
         self._verified: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._fingerprints: dict[bytes, str] = {}  # key -> fingerprint, for the pinned keys
+
+    def pin(self, node_id: str, key: bytes) -> bytes:
+        """Pin ``node_id`` to ``key`` unless it is pinned already (or the table is full); returns its pin
+        (``key`` itself when the table is full: callers then rely on the member record's key)."""
+        pinned = self.pins.get(node_id)
+        if pinned is None and len(self.pins) < MAX_PINS:
+            self.pins[node_id] = pinned = key
+        return pinned if pinned is not None else key
 
     def sign(self, node_id: str, addr: str, incarnation: int, meta_version: int, meta: bytes,
              state: str) -> tuple[bytes, bytes]:
@@ -55,20 +65,28 @@ class Attestor:
             self._verified[memo] = None
             while len(self._verified) > VERIFIED_CACHE:
                 self._verified.popitem(last=False)
-        if pinned is None and len(self.pins) < MAX_PINS:
-            self.pins[u.node_id] = u.key
+        self.pin(u.node_id, u.key)
         return None
 
     def ban(self, fingerprints: Iterable[str]) -> set[str]:
-        """Add bans; returns the fingerprints that were new."""
+        """Add bans (at most ``MAX_BANS`` in all); returns the fingerprints that were new."""
         new = {f for f in fingerprints if f not in self.banned and f != self.identity.fingerprint}
+        new = set(sorted(new)[: max(0, MAX_BANS - len(self.banned))])
         self.banned |= new
         return new
 
+    def _fingerprint(self, key: bytes) -> str:
+        fp = self._fingerprints.get(key)
+        if fp is None:
+            fp = self._fingerprints[key] = fingerprint(key)
+        return fp
+
     def fingerprint_of(self, node_id: str) -> str | None:
         key = self.pins.get(node_id)
-        return fingerprint(key) if key is not None else None
+        return self._fingerprint(key) if key is not None else None
 
     def banned_ids(self) -> set[str]:
         """Node ids whose pinned key is banned."""
-        return {n for n, key in self.pins.items() if fingerprint(key) in self.banned}
+        if not self.banned:
+            return set()
+        return {n for n, key in self.pins.items() if self._fingerprint(key) in self.banned}

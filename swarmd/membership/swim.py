@@ -362,11 +362,15 @@ class Swim:
         if u.incarnation > rec.incarnation + self.config.max_incarnation_jump:
             self.dropped["incarnation_jump"] += 1
             return
+        if self.attestor is not None and rec.key and u.key != rec.key:
+            self.dropped["forged"] += 1  # the record we hold was signed by another key (pins may be full)
+            return
         before = rec.view()
         accepted = False
         # The member's own record (address, incarnation, meta and its signature) is taken whole from the
         # newest claim: a record is only ever relayed as its member signed it.
-        newer_record = (u.incarnation, u.meta_version) > (rec.incarnation, rec.meta_version)
+        newer_record = (u.incarnation, u.meta_version) > (rec.incarnation, rec.meta_version) or (
+            u.state == LEFT and u.by == u.node_id and rec.state != LEFT)  # its leave is signed as a leave
         if supersedes(u, rec.incarnation, rec.state):
             rec.incarnation = u.incarnation
             rec.by = u.by

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +38,14 @@ MAX_PENDING_STEPS = 64  # reports kept per session for steps not yet compared (o
 class AuditPlan:
     hop: int  # index of the audited hop in the chain
     verifier: Hop  # the shadow: same span, another node
+    seed: int = 0  # secret weights of the row digests (given to the shadow and the observer only)
+
+    def insiders(self, chain_len: int) -> set[int]:
+        """Hops told of the audit: the one that feeds the audited hop (it copies to the shadow; for hop 0
+        the last stage, unless that is the audited hop itself: then the entry copies) and the one after it
+        (it reports what it received). Never the audited hop: a liar must not know when it is watched."""
+        told = {self.hop - 1, self.hop + 1} if self.hop > 0 else {chain_len - 1, 1}
+        return {i for i in told if 0 <= i < chain_len and i != self.hop}
 
 
 @dataclass
@@ -81,7 +90,7 @@ class Auditor:
         self.stats.sessions += 1
         # The least proven replica shadows (ties: the cheapest), so every replica is vetted in turn, not
         # only the ones routing prefers.
-        return AuditPlan(i, min(reps, key=lambda r: self.passed.get(r.node_id, 0)))
+        return AuditPlan(i, min(reps, key=lambda r: self.passed.get(r.node_id, 0)), secrets.randbits(62) | 1)
 
     def passed_step(self, *node_ids: str) -> None:
         for n in node_ids:

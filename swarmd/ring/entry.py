@@ -99,11 +99,12 @@ class RingSession:
         plan = self.plan
         base = SessionOpen(self.session_id, e.self_hop, tuple(self.chain), 0,
                            len(req.prompt_ids) + req.max_tokens, len(req.prompt_ids), req.max_tokens,
-                           sp.temperature, sp.top_p, sp.top_k, self.seed, tuple(sorted(req.stop_token_ids)),
-                           plan.hop if plan else -1, plan.verifier if plan else None)
+                           sp.temperature, sp.top_p, sp.top_k, self.seed, tuple(sorted(req.stop_token_ids)))
 
         async def open_hop(i: int, hop: Hop, report: bool = False) -> None:
             msg = replace(base, hop=i, report=report or i == self.report_hop)
+            if plan is not None and (report or i in plan.insiders(len(self.chain))):
+                msg = replace(msg, audit_hop=plan.hop, verifier=plan.verifier, audit_seed=plan.seed)
             try:
                 await e.send(hop, msg)
             except PeerUnavailable as exc:
@@ -125,7 +126,8 @@ class RingSession:
         if shadow is not None and plan is not None:
             try:  # a shadow that cannot join costs this session its check, nothing more
                 await asyncio.wait_for(shadow, max(e.accept_timeout_s, 0.05))
-                self.audit = SessionAudit(plan, list(self.chain), e.audit_dtype(self.chain), sp.temperature <= 0)
+                self.audit = SessionAudit(plan, list(self.chain), e.audit_dtype([*self.chain, plan.verifier]),
+                                          sp.temperature <= 0)
             except (SwarmdError, OSError, TimeoutError) as exc:
                 log.info("session %s: shadow %s did not join (%s); not checked", self.session_id[:8],
                          plan.verifier.node_id, exc)
@@ -180,6 +182,19 @@ class RingSession:
                 except (SwarmdError, OSError) as exc:
                     self.audit.abandon(f"shadow unreachable: {exc}")
             pos += n
+
+    async def tee_token(self, step: int, token: int) -> None:
+        """A one-hop chain whose only hop is audited feeds itself its next step: the entry copies each
+        accepted token to the shadow instead (that hop must not know it is watched)."""
+        audit = self.audit
+        if audit is None or audit.plan.hop != 0 or len(self.chain) != 1 or audit.abandoned is not None \
+                or step + 1 >= self.request.max_tokens:
+            return
+        fwd = Forward(self.session_id, len(self.request.prompt_ids) + step, step + 1, True, (token,), None)
+        try:
+            await self.entry.send(audit.plan.verifier, fwd)
+        except (SwarmdError, OSError) as exc:
+            audit.abandon(f"shadow unreachable: {exc}")
 
     async def next_token(self, timeout: float) -> Token:
         try:
@@ -263,6 +278,9 @@ class RingEntry:
         leave_out = frozenset(h.node_id for h in sess.chain) | {shadow.node_id}
         judges = self.auditor.replicas(hop.start, hop.end, leave_out)
         observed, claimed = audit.observed.get(step), audit.shadow.get(step)
+        if not audit.greedy and audit.last_hop:
+            stats.inconclusive += 1  # honest samplers may draw differently at a boundary: never a verdict
+            return None
         if not judges or observed is None or claimed is None:
             stats.inconclusive += 1
             log.warning("session %s: %s and its shadow %s disagree at step %d and no third replica can decide",
@@ -287,8 +305,9 @@ class RingEntry:
             return None
         finally:
             await ref.close("referee done")
-        first_ok = agree(truth, observed, audit.dtype, audit.greedy)
-        shadow_ok = agree(truth, claimed, audit.dtype, audit.greedy)
+        dtype = self.audit_dtype([*sess.chain, shadow, judges[0]])  # the loosest of the three parties
+        first_ok = agree(truth, observed, dtype, audit.greedy)
+        shadow_ok = agree(truth, claimed, dtype, audit.greedy)
         if first_ok == shadow_ok:
             stats.inconclusive += 1
             return None
@@ -306,8 +325,6 @@ class RingEntry:
             if sender != sess.chain[-1].node_id or sess.report_hop >= 0:
                 log.warning("token for %s from %s, not the last stage: dropped", sess.session_id[:8], sender)
                 return
-            if sess.audit is not None:
-                sess.audit.token(msg.step, msg.token)
             sess.inbox.put_nowait(Token(msg.step, msg.token, msg.done))
         elif isinstance(msg, AuditSample):
             if sess.report_hop >= 0:

@@ -44,6 +44,7 @@ class TokenSource(Protocol):
     audit: SessionAudit | None
 
     async def feed(self, token_ids: Sequence[int], start_pos: int, chunk: int, step: int = 0) -> None: ...
+    async def tee_token(self, step: int, token: int) -> None: ...
     async def next_token(self, timeout: float) -> Token: ...
     async def close(self, reason: str) -> None: ...
 
@@ -157,7 +158,7 @@ class Generation:
                     tok = await self._ring.next_token(self._first_token_timeout() if fresh else self._stall_timeout())
                     fresh = False
                     if getattr(self._ring, "audit", None) is not None:
-                        await self._verify(self._ring, tok.step)
+                        await self._verify(self._ring, tok.step, tok.token)
                     break
                 except SwarmdError as exc:
                     await self._recover(exc, step)
@@ -181,12 +182,15 @@ class Generation:
         if tail:
             yield tail
 
-    async def _verify(self, ring: TokenSource, step: int) -> None:
-        """Hold the token of an audited session until its check passed. A failed check goes to a referee;
-        when the audited stage was wrong, raise ``OutputMismatch`` (the session is replayed without it)."""
+    async def _verify(self, ring: TokenSource, step: int, token: int) -> None:
+        """Hold the token of an audited session until its check passed: the token compared is the one
+        released. A failed check goes to a referee; when the audited stage was wrong, raise
+        ``OutputMismatch`` (the session is replayed without it)."""
         audit = ring.audit
         assert audit is not None
-        verdict = await audit.outcome(step, self._stall_timeout())
+        audit.token(step, token)
+        # The shadow also runs the prompt for step 0: it gets the prefill's allowance.
+        verdict = await audit.outcome(step, self._first_token_timeout() if step == 0 else self._stall_timeout())
         auditor = getattr(self.opener, "auditor", None)
         if verdict is None:
             log.info("session %s: check given up (%s)", self.session_id[:8], audit.abandoned)
@@ -199,6 +203,7 @@ class Generation:
         if verdict:
             if auditor is not None:
                 auditor.passed_step(audit.audited.node_id, audit.plan.verifier.node_id)
+            await ring.tee_token(step, token)
             return
         if auditor is not None:
             auditor.stats.mismatches += 1
@@ -206,10 +211,14 @@ class Generation:
                     self.session_id[:8], audit.audited.node_id, audit.plan.verifier.node_id, step)
         wrong = await self.opener.referee(ring, step, self.history, self.prefill_chunk, self.token_timeout_s)
         ring.audit = None  # one verdict per session; the replay (if any) is a new session
-        if wrong == audit.audited.node_id:
-            err = OutputMismatch(f"node {wrong} computed a wrong output at step {step}")
-            err.failed_node = wrong
-            raise err
+        if wrong == audit.plan.verifier.node_id:
+            return  # the stage was right: its token goes out
+        # The stage was wrong, or nobody could tell: the disputed token is never released; the session is
+        # replayed on a chain without the audited stage (quarantined only in the first case).
+        err = OutputMismatch(f"node {audit.audited.node_id}'s output at step {step} "
+                             + ("was wrong" if wrong else "was disputed and could not be settled"))
+        err.failed_node = audit.audited.node_id
+        raise err
 
     def _sharing(self) -> int:
         if self._load is None or self._ring is None:

@@ -44,20 +44,55 @@ def last_row(blob: TensorBlob) -> TensorBlob:
     return TensorBlob("float32", (d,), row.tobytes())
 
 
+_MASK = (1 << 64) - 1
+
+
+def position_weights(seed: int, start: int, n: int) -> np.ndarray:
+    """Secret per-position weights in [0.5, 1.5) (a splitmix64 hash of seed and position): the digest of
+    rows ``[start, start + n)`` does not depend on how positions were split into forwards, and a stage
+    that does not know ``seed`` cannot alter rows so that the digest stays the same."""
+    with np.errstate(over="ignore"):
+        z = np.arange(start, start + n, dtype=np.uint64) + np.uint64(seed & _MASK) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return 0.5 + (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def weighted_rows(blob: TensorBlob, start: int, seed: int) -> np.ndarray:
+    """``sum_p w(p) * x_p`` over the rows of ``[1, n, D]`` at positions ``start ...`` (float64 ``[D]``)."""
+    d = int(blob.shape[-1])
+    rows = to_float32(bytes(blob.data), blob.dtype).reshape(-1, d).astype(np.float64)
+    return position_weights(seed, start, rows.shape[0]) @ rows
+
+
+def digest_report(blob: TensorBlob, digest: np.ndarray) -> TensorBlob:
+    """The last row and the digest, as a report carries them: float32 ``[2, D]``."""
+    last = to_float32(last_row(blob).data, "float32")
+    both = np.stack([last, digest.astype(np.float32)])
+    return TensorBlob("float32", tuple(both.shape), both.tobytes())
+
+
 @dataclass(frozen=True)
 class Evidence:
-    """What one party says step ``step``'s output was: a hidden row, or a token with its top logits."""
+    """What one party says step ``step``'s output was: a hidden row (and the digest of the rows since the
+    last report), or a token with its top logits."""
 
     row: np.ndarray | None = None
     token: int = -1
     top: dict[int, float] = field(default_factory=dict)
+    digest: np.ndarray | None = None
 
     @classmethod
     def of(cls, msg: AuditSample) -> Evidence:
         if msg.row is not None:
-            if msg.row.dtype != "float32" or len(msg.row.shape) != 1:
-                raise ProtocolError("an audit row must be float32 [D]")
-            return cls(row=to_float32(msg.row.data, "float32"))
+            shape = msg.row.shape
+            if msg.row.dtype != "float32" or not (len(shape) == 1 or (len(shape) == 2 and shape[0] == 2)):
+                raise ProtocolError("an audit row must be float32 [D] or [2, D]")
+            values = to_float32(msg.row.data, "float32")
+            if len(shape) == 2:
+                return cls(row=values[: shape[1]], digest=values[shape[1]:])
+            return cls(row=values)
         if len(msg.top_ids) != len(msg.top_logits):
             raise ProtocolError("audit top ids and logits differ in length")
         return cls(token=msg.token, top=dict(zip(msg.top_ids, msg.top_logits, strict=True)))
@@ -80,7 +115,10 @@ def agree(a: Evidence, b: Evidence, dtype: str, greedy: bool) -> bool:
     if a.row is not None or b.row is not None:
         if a.row is None or b.row is None:
             return False
-        return row_distance(a.row, b.row) <= ROW_TOLERANCE.get(dtype, ROW_TOLERANCE["bfloat16"])
+        tolerance = ROW_TOLERANCE.get(dtype, ROW_TOLERANCE["bfloat16"])
+        if a.digest is not None and b.digest is not None and row_distance(a.digest, b.digest) > tolerance:
+            return False  # some earlier row of this step differs: the next stage's cache is not what it should be
+        return row_distance(a.row, b.row) <= tolerance
     if a.token == b.token:
         return True
     for judge, other in ((a, b), (b, a)):

@@ -28,7 +28,7 @@ from ..wire.messages import (
     SessionOpen,
     TokenOut,
 )
-from .samples import last_row
+from .samples import digest_report, last_row, weighted_rows
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class StageSession:
     # Taken off the queue (to look at what is waiting) but not run yet; runs before the queue.
     pending: collections.deque[Forward] = field(default_factory=collections.deque)
     tee_failed: bool = False  # the verifier could not be reached: this session stops copying to it
+    digest: Any = None  # observer or shadow: weighted sum of the rows since the last report (numpy [D])
 
     @property
     def is_last(self) -> bool:
@@ -164,14 +165,16 @@ class StageService:
             fwd = sess.pending.popleft() if sess.pending else await sess.queue.get()
             fwd = self._merge(sess, fwd)
             sess.last_active = time.monotonic()
-            if sess.observes and fwd.sample and fwd.hidden is not None:
-                await self._reply(o.entry, AuditSample(o.session_id, fwd.step, last_row(fwd.hidden), -1, (), ()))
+            if sess.observes and fwd.hidden is not None:
+                await self._digest(sess, fwd.hidden, fwd.start_pos, fwd.step if fwd.sample else None)
             sampling = (params, o.seed, fwd.step) if fwd.sample and sess.is_last and logits_here else None
             try:
                 out = await self.engine.forward(o.session_id, fwd.tokens, fwd.hidden, fwd.start_pos, sampling,
                                                 report=o.report)
                 if o.report:  # a shadow or referee: its outputs are evidence, not the session's next step
-                    if fwd.sample:
+                    if o.audit_seed and isinstance(out, TensorBlob):  # a shadow of a hidden stage
+                        await self._digest(sess, out, fwd.start_pos, fwd.step if fwd.sample else None)
+                    elif fwd.sample:
                         await self._reply(o.entry, report_of(o.session_id, fwd.step, out))
                     continue
                 if isinstance(out, TensorBlob):
@@ -199,6 +202,17 @@ class StageService:
                 code = exc.code if isinstance(exc, SwarmdError) else "peer_unavailable"
                 await self._fail(sess, code, str(exc))
                 return
+
+    async def _digest(self, sess: StageSession, rows: TensorBlob, start: int, step: int | None) -> None:
+        """Add rows to the session's digest; at a sampled step, report the last row and the digest to the
+        entry and start a new one."""
+        o = sess.open
+        part = weighted_rows(rows, start, o.audit_seed)
+        sess.digest = part if sess.digest is None else sess.digest + part
+        if step is not None:
+            report = digest_report(rows, sess.digest)
+            sess.digest = None
+            await self._reply(o.entry, AuditSample(o.session_id, step, report, -1, (), ()))
 
     async def _tee(self, sess: StageSession, fwd: Forward) -> None:
         """Copy a forward to the audited hop's verifier. Best effort: an unreachable verifier ends the

@@ -151,8 +151,8 @@ def _schema(cls: type[Message]) -> list[Validator]:
 
 
 SCHEMAS: dict[int, tuple[type[Message], list[Validator]]] = {tag: (cls, _schema(cls)) for tag, cls in CATALOGUE.items()}
-META_SCHEMA: list[Validator] = [_validator(t) for name, t in typing.get_type_hints(NodeMeta).items()
-                                if name not in ("VERSION", "CAP")]
+META_SCHEMA: list[Validator] = [_validator(typing.get_type_hints(NodeMeta)[f.name])
+                                for f in dataclasses.fields(NodeMeta)]
 
 
 def _no_ext(code: int, data: bytes) -> Any:
@@ -198,8 +198,14 @@ def decode_meta(body: bytes) -> NodeMeta:
             or value[0] != NodeMeta.VERSION):
         raise DecodeError(f"node meta: expected version {NodeMeta.VERSION} with {len(META_SCHEMA)} fields", "fields")
     names = [f.name for f in dataclasses.fields(NodeMeta)]
-    return NodeMeta(*(check(v, f"NodeMeta.{name}") for check, v, name in zip(META_SCHEMA, value[1:], names,
+    meta = NodeMeta(*(check(v, f"NodeMeta.{name}") for check, v, name in zip(META_SCHEMA, value[1:], names,
                                                                              strict=True)))
+    if len(meta.quarantined) > NodeMeta.MAX_QUARANTINED or len(meta.banned) > NodeMeta.MAX_BANNED:
+        raise DecodeError(f"node meta: at most {NodeMeta.MAX_QUARANTINED} quarantines and "
+                          f"{NodeMeta.MAX_BANNED} bans", "fields")
+    if not all(len(fp) == 16 and all(c in "0123456789abcdef" for c in fp) for fp in meta.banned):
+        raise DecodeError("node meta: a ban is a 16-digit lower-case hex key fingerprint", "fields")
+    return meta
 
 
 def encode_attestation(node_id: str, addr: str, incarnation: int, meta_version: int, meta: bytes, left: bool) -> bytes:

@@ -127,6 +127,7 @@ class SessionOpen(Message):
     audit_hop: int = -1
     verifier: Hop | None = None
     report: bool = False
+    audit_seed: int = 0  # weights of the row digest (samples.position_weights); never sent to the audited hop
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,10 +189,11 @@ class SessionClose(Message):
 class AuditSample(Message):
     """To the entry: one stage's output at the sampled position of generation step ``step``.
 
-    From the hop after the audited one (what the audited hop really forwarded), from the shadow and
-    from a referee: ``row`` is that position's hidden state as float32 ``[D]``. From a shadow or referee
-    holding the last layer: the ``token`` it samples and ``top_ids``/``top_logits``, the largest logits,
-    largest first.
+    From the hop after the audited one (what the audited hop really forwarded) and from the shadow:
+    ``row`` is float32 ``[2, D]``, that position's hidden state and a digest of every row since the last
+    report (``samples.position_weights``); from a referee, float32 ``[D]``, the hidden state alone.
+    From a shadow or referee holding the last layer: the ``token`` it samples and ``top_ids``/
+    ``top_logits``, the largest logits, largest first.
     """
 
     TAG: ClassVar[int] = 26
@@ -321,6 +323,8 @@ class NodeMeta:
 
     VERSION: ClassVar[int] = 2
     CAP: ClassVar[int] = 2048  # = membership MAX_META_BYTES
+    MAX_QUARANTINED: ClassVar[int] = 16
+    MAX_BANNED: ClassVar[int] = 32
     software: str
     protocol: int
     model: str  # source name of the served model

@@ -57,6 +57,9 @@ def test_random_bytes_get_a_clear_4xx(tcp_node: tuple[NodeThread, str]) -> None:
                      {"messages": [{"role": "root", "content": "x"}]}, {"prompt": "hi", "stream": "yes"},
                      {"prompt": "hi", "n": 10**9}, {"prompt": "hi", "model": "gpt-17"}, [], "prompt", 7):
             check_error(c.post("/v1/completions", json=body))
+        for route in ("/v1/swarm/ban", "/v1/swarm/drain"):  # administration: the Unix socket only
+            r = c.post(route, json={"node_id": "test-node"})
+            assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", r.text
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=20),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,7 +126,10 @@ def test_stage_without_kv_memory_gives_503(tiny_models: dict[str, Path], tmpdir_
             assert r.json()["error"]["code"] == "kv_budget_exceeded" and int(r.headers["Retry-After"]) >= 1
             small = c.post("http://x/v1/completions", json={"prompt": [1, 2, 3], "max_tokens": 4, "temperature": 0})
             assert small.status_code == 200  # fits in one page: the node keeps serving
-            doc = c.get("http://x/v1/swarm/status").json()
+            deadline = time.monotonic() + 5  # the session's close reaches the stage right after the answer
+            while (doc := c.get("http://x/v1/swarm/status").json())["kv_cache"]["used_bytes"] and \
+                    time.monotonic() < deadline:
+                time.sleep(0.05)
         assert doc["kv_cache"]["used_bytes"] == 0 and doc["sessions"]["as_stage"] == 0
     finally:
         cluster.stop()
@@ -157,7 +161,10 @@ def test_killed_stage_fails_the_stream_promptly_and_frees_caches(tiny_models: di
             assert events[-1] == "[DONE]"
             assert "error" in json.loads(events[-2]), events[-3:]
             assert len(events) < full["usage"]["completion_tokens"] + 2
-            doc = c.get("http://x/v1/swarm/status").json()
+            deadline = time.monotonic() + 5  # the failed session's close reaches the local stage right after
+            while (doc := c.get("http://x/v1/swarm/status").json())["kv_cache"]["used_bytes"] and \
+                    time.monotonic() < deadline:
+                time.sleep(0.05)
             assert doc["kv_cache"]["used_bytes"] == 0
             assert c.get("http://x/health").status_code == 503  # layers 2:4 are gone
     finally:

@@ -99,3 +99,14 @@ def test_swim_drops_a_members_forgery_of_another_members_state() -> None:
     after = a.member("b")
     assert after is not None and after.incarnation == 7
     assert ib.public == a.attestor.pins["b"]  # type: ignore[union-attr]
+
+
+def test_a_leave_is_relayed_with_the_leavers_own_signature() -> None:
+    a, _, b, _ = swim_pair()
+    a.receive(Gossip("b", (b._me.update(),)), 0.0)  # noqa: SLF001
+    b.leave(1.0)
+    a.receive(Gossip("b", (b._me.update(),)), 1.0)  # noqa: SLF001
+    left = a.member("b")
+    assert left is not None and left.state == LEFT
+    relayed = a._members["b"].update()  # noqa: SLF001
+    assert Attestor(Identity.generate(), "c").check(relayed) is None  # a third member believes the relay

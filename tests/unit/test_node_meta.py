@@ -232,3 +232,13 @@ def test_one_corrupted_byte_decodes_or_raises_decode_error(pos: int, byte: int) 
 def test_non_finite_speed_is_never_published() -> None:
     with pytest.raises(ValueError, match="not publishable"):
         encode_meta(dataclasses.replace(BASE, seconds_per_layer=float("nan")))
+
+
+def test_gossiped_quarantine_and_ban_lists_are_bounded_and_well_formed() -> None:
+    ok = dataclasses.replace(BASE, quarantined=("a",) * NodeMeta.MAX_QUARANTINED, banned=("0123456789abcdef",) * 2)
+    assert decode_meta(encode_meta(ok)) == ok
+    for bad in (dataclasses.replace(BASE, quarantined=("a",) * (NodeMeta.MAX_QUARANTINED + 1)),
+                dataclasses.replace(BASE, banned=("0123456789abcdef",) * (NodeMeta.MAX_BANNED + 1)),
+                dataclasses.replace(BASE, banned=("not-a-fingerprint",))):
+        with pytest.raises(ValueError):
+            encode_meta(bad)

@@ -11,7 +11,16 @@ import pytest
 from swarmd.errors import ProtocolError
 from swarmd.membership.trust import MAX_PUBLISHED, Trust
 from swarmd.ring.audit import Auditor, AuditPlan, SessionAudit
-from swarmd.ring.samples import Evidence, agree, last_row, row_distance, to_float32
+from swarmd.ring.samples import (
+    Evidence,
+    agree,
+    digest_report,
+    last_row,
+    position_weights,
+    row_distance,
+    to_float32,
+    weighted_rows,
+)
 from swarmd.types import TensorBlob
 from swarmd.wire.messages import AuditSample, Hop
 
@@ -44,6 +53,27 @@ def test_rows_agree_within_the_dtype_tolerance_only() -> None:
     assert not agree(Evidence(row=a), Evidence(token=3), "float32", True)
 
 
+def test_digests_ignore_chunking_and_catch_a_changed_earlier_row() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 10, 16)).astype(np.float32)
+    blob = TensorBlob("float32", (1, 10, 16), x.tobytes())
+    whole = weighted_rows(blob, 100, seed=42)
+    parts = sum(weighted_rows(TensorBlob("float32", (1, b - a, 16), x[:, a:b].tobytes()), 100 + a, seed=42)
+                for a, b in ((0, 3), (3, 4), (4, 10)))
+    assert np.allclose(whole, parts)
+    w = position_weights(42, 100, 10)
+    assert ((w >= 0.5) & (w < 1.5)).all() and len(set(w.tolist())) == 10
+    assert not np.allclose(position_weights(43, 100, 10), w)  # another session's secret, other weights
+    y = x.copy()
+    y[0, 2] *= -1  # a liar changes a prompt row but not the last one
+    liar = TensorBlob("float32", (1, 10, 16), y.tobytes())
+    honest = Evidence.of(AuditSample("s", 0, digest_report(blob, whole), -1, (), ()))
+    lying = Evidence.of(AuditSample("s", 0, digest_report(liar, weighted_rows(liar, 100, 42)), -1, (), ()))
+    assert np.array_equal(honest.row, lying.row)  # the sampled row alone would pass
+    assert not agree(honest, lying, "bfloat16", True)
+    assert agree(honest, Evidence.of(AuditSample("s", 0, digest_report(blob, parts), -1, (), ())), "float32", True)
+
+
 def test_tokens_agree_on_a_match_or_a_near_tie_only() -> None:
     judge = Evidence(token=5, top={5: 10.0, 9: 9.9995, 2: 4.0})
     assert agree(Evidence.token_only(5), judge, "float32", True)
@@ -69,11 +99,21 @@ def replicas(start: int, end: int, leave_out: frozenset[str]) -> list[Hop]:
     return [h for h in HOPS.values() if (h.start, h.end) == (start, end) and h.node_id not in leave_out]
 
 
+def test_only_the_feeder_and_the_receiver_of_the_audited_hop_are_told() -> None:
+    v = HOPS["b2"]
+    assert AuditPlan(1, v).insiders(3) == {0, 2}
+    assert AuditPlan(0, v).insiders(3) == {2, 1}  # the last stage feeds hop 0 its next tokens
+    assert AuditPlan(2, v).insiders(3) == {1}  # the entry itself observes the last hop's tokens
+    assert AuditPlan(0, v).insiders(1) == set()  # a one-hop chain: the entry copies tokens to the shadow
+    assert all(p.hop not in p.insiders(n) for n in range(1, 5) for p in (AuditPlan(h, v) for h in range(n)))
+
+
 def test_auditor_vets_every_replica_then_samples_at_its_rate() -> None:
     chain = [HOPS["a"], HOPS["b"]]
     auditor = Auditor(0.25, probation_steps=10, replicas=replicas, seed=1)
     first = auditor.choose(chain)
-    assert first == AuditPlan(1, HOPS["b2"])  # only span [2, 4) has a replica; b2 and b3 tie: first
+    assert first is not None and (first.hop, first.verifier) == (1, HOPS["b2"])  # only [2, 4) has replicas
+    assert first.seed != 0 and first.seed != auditor.choose(chain).seed  # type: ignore[union-attr]
     auditor.passed_step(*["b", "b2"] * 10)  # the serving stage is proven: sessions are drawn at the rate
     plans = [auditor.choose(chain) for _ in range(4000)]
     assert 800 < sum(p is not None for p in plans) < 1200  # 25%

@@ -50,7 +50,8 @@ EXAMPLES: list[Message] = [
     Pong(0),
     SessionOpen("ab" * 16, Hop("e", "10.0.0.9:7000", 0, 0), CHAIN, 1, 128, 5, 10, 0.7, 0.9, 40, 1234, (2, 3)),
     SessionOpen("s", Hop("e", "", 0, 0), (), 0, 1, 1, 1, 0.0, 1.0, 0, -1, ()),
-    SessionOpen("s", Hop("e", "", 0, 0), CHAIN, 0, 9, 1, 1, 0.0, 1.0, 0, 5, (), 1, Hop("v", "10.0.0.5:1", 6, 12), True),
+    SessionOpen("s", Hop("e", "", 0, 0), CHAIN, 0, 9, 1, 1, 0.0, 1.0, 0, 5, (), 1, Hop("v", "10.0.0.5:1", 6, 12), True,
+                2**62),
     SessionAccepted("s", "node-b"),
     SessionError("s", "node-b", "kv_budget_exceeded", "füll ✓", 1.5),
     Forward("s", 0, 3, True, (1, 2, 3), None),
@@ -59,6 +60,7 @@ EXAMPLES: list[Message] = [
     Forward("s", 7, 8, True, (), TensorBlob("float32", (2,), b"\xff" * 8)),
     TokenOut("s", 4, 42, True),
     AuditSample("s", 3, TensorBlob("float32", (4,), b"\x00" * 16), -1, (), ()),
+    AuditSample("s", 3, TensorBlob("float32", (2, 4), b"\x00" * 32), -1, (), ()),
     AuditSample("s", 0, None, 7, (7, 3), (12.5, -1.0)),
     SessionClose("s", "client_gone"),
     SwimPing(7, "a", "10.0.0.1:7000", "b", (MemberUpdate("c", "10.0.0.3:7000", 3, "suspect", 1, b"", "a"),)),
@@ -186,7 +188,7 @@ def test_bad_fields(body: bytes) -> None:
 
 def test_bad_nested_hops() -> None:
     good = [SessionOpen.TAG, "s", ["e", "", 0, 0], [["a", "x", 0, 12]], 0, 1, 1, 1, 0.5, 1.0, 0, 0, [2], -1, None,
-            False]
+            False, 0]
     assert isinstance(decode(pack(*good)), SessionOpen)
     for i, bad in [(2, ["e", "", 0]), (2, None), (3, ["a", "x", 0, 12]), (3, [["a", "x", 0, "12"]]),
                    (3, [["a", "x", 0, 12, 0]]), (12, ["2"]), (8, float("nan")), (14, ["v", "x", 0]),
