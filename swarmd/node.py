@@ -23,6 +23,7 @@ from .membership.swim import MemberChanged, Swim
 from .membership.swim_config import SwimConfig
 from .membership.trust import Trust
 from .membership.view import SwarmView
+from .node_metrics import NodeMetrics
 from .node_routing import NodeRouting
 from .node_safety import NodeSafety, node_identity
 from .placer import Placer
@@ -33,6 +34,7 @@ from .ring.stage_host import Span, StageHost
 from .sdnotify import Notifier
 from .transport.mesh import Mesh
 from .types import GenerationRequest, LayerSpan, NodeState
+from .watchdog import run_watchdog
 from .wire.codec import encode_meta
 from .wire.crypto import Keyring
 from .wire.messages import (
@@ -142,12 +144,16 @@ class Node:
         self.last_replay: dict[str, Any] | None = None
         self._started = time.monotonic()
         self._load_progress = "starting"
-        self.api = ApiServer(cfg.api, build_app(cfg.api, self, self.status_document),
+        self.metrics = NodeMetrics()
+        self.metrics.bind(self)
+        self.mesh.on_rtt = self.metrics.hop_rtt
+        self.api = ApiServer(cfg.api, build_app(cfg.api, self, self.status_document, self.metrics),
                              shutdown_timeout=cfg.drain_timeout_s)
         self._stopped = False
         self._stop_event: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.discovery: Any = None  # discovery.mdns.MdnsDiscovery while running
+        self.discovery_error: str | None = None  # why mDNS could not start (swarmctl doctor)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -163,6 +169,8 @@ class Node:
                 self.state = NodeState.SERVING
                 self._publish()
                 self.notifier.ready(f"serving {self.model_name}")
+                if (watchdog_s := self.notifier.watchdog_interval) is not None:
+                    self._own(run_watchdog(self.notifier, watchdog_s), "watchdog")
                 log.info("node %s serving %s; api %s, peers on %s", self.node_id, self.model_name,
                          self.cfg.api.socket, self.swim_addr)
                 if not self.pinned and self.placer is not None:
@@ -242,6 +250,8 @@ class Node:
             await self.discovery.start()
         except OSError as exc:  # no multicast-capable interface: static peers still work
             log.warning("mDNS discovery unavailable: %s", exc)
+            self.discovery_error = str(exc)
+            await self.discovery.stop()
             self.discovery = None
 
     async def shutdown(self) -> None:
@@ -279,6 +289,14 @@ class Node:
         """``swarmctl ban`` (through the API)."""
         return self.safety.ban(node_id)
 
+    async def doctor(self) -> dict[str, Any]:
+        """``swarmctl doctor``: gather the facts (probing every known address), then say what they mean."""
+        from .doctor import diagnose
+        from .doctor_checks import gather
+
+        facts = await gather(self)
+        return {**diagnose(facts), "facts": facts}
+
     def request_drain(self) -> dict[str, object]:
         """``swarmctl drain``: the SIGTERM path, started from the API (which answers first)."""
         if self._stop_event is not None:
@@ -314,7 +332,9 @@ class Node:
             self._publish()
             raise
         self.loaded.stage = stage
-        self.host.serve(span, Engine(stage, self.cfg.engine, kv_bytes))
+        engine = Engine(stage, self.cfg.engine, kv_bytes)
+        engine.observe = self.metrics.stage_step
+        self.host.serve(span, engine)
         self._publish()
 
     def _plan(self) -> Plan | None:
@@ -402,7 +422,8 @@ class Node:
         return Hello(
             self.node_id, self.swim_addr or advertised, __version__, self.model_name,
             int(cfg.num_hidden_layers) if cfg is not None else 0, int(cfg.hidden_size) if cfg is not None else 0,
-            span[0], span[1], self.cfg.engine.device,
+            span[0], span[1], self.cfg.engine.device, wall_ms=int(time.time() * 1000),
+            mdns=self.discovery is not None,
         )
 
     def _dispatch(self, msg: Message, sender: str) -> None:

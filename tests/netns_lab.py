@@ -108,6 +108,14 @@ class Lab:
         """Drop every frame from host ``a`` to host ``b`` for each ``(a, b)``; ``[]`` heals every cut."""
         self._command(block=[list(p) for p in pairs])
 
+    def mute_multicast(self, hosts: list[int]) -> None:
+        """Drop every multicast frame from and to these hosts (mDNS blocked, unicast fine)."""
+        self._command(mute_multicast=hosts)
+
+    def drop_tcp(self, rules: list[tuple[int, int, int]]) -> None:
+        """Drop TCP frames from host ``a`` to host ``b``'s port ``p`` for each ``(a, b, p)`` (a firewalled port)."""
+        self._command(drop_tcp=[list(r) for r in rules])
+
     def partition(self, *sides: list[int]) -> None:
         """Cut every link between hosts on different sides (both directions)."""
         side_of = {h: i for i, side in enumerate(sides) for h in side}

@@ -9,6 +9,10 @@ after the impairments in force:
                                                      delay ± jitter seconds (uniform; frames may reorder)
     {"block": [[0, 3], [3, 0]]}                      frames from host 0 to host 3 and back are dropped
                                                      (a pair is one direction: asymmetric cuts work)
+    {"mute_multicast": [3]}                          multicast frames from and to host 3 are dropped
+                                                     (unicast still flows: a firewall on mDNS)
+    {"drop_tcp": [[4, 0, 7070]]}                     IPv4 TCP frames from host 4 to host 0's port 7070
+                                                     are dropped (a firewalled port)
 
 Commands are JSON lines on stdin; each is answered ``ok`` on stdout once in force. Frames keep their
 virtio-net header (``PACKET_VNET_HDR``), so checksum offload and GSO pass through intact.
@@ -50,6 +54,8 @@ class Switch:
         self.delay = 0.0
         self.jitter = 0.0
         self.blocked: set[tuple[int, int]] = set()
+        self.muted: set[int] = set()
+        self.drop_tcp: set[tuple[int, int, int]] = set()
         self.queue: list[tuple[float, int, int, bytes]] = []
         self.seq = 0
         self.rng = random.Random(int.from_bytes(os.urandom(8), "big"))
@@ -58,6 +64,10 @@ class Switch:
         cmd = json.loads(line)
         if "block" in cmd:
             self.blocked = {(int(a), int(b)) for a, b in cmd["block"]}
+        if "mute_multicast" in cmd:
+            self.muted = {int(h) for h in cmd["mute_multicast"]}
+        if "drop_tcp" in cmd:
+            self.drop_tcp = {(int(a), int(b), int(p)) for a, b, p in cmd["drop_tcp"]}
         for key in ("loss", "delay", "jitter"):
             if key in cmd:
                 setattr(self, key, float(cmd[key]))
@@ -79,8 +89,22 @@ class Switch:
                 if t != port:
                     self.forward(port, t, data)
 
+    def filtered(self, src: int, dst: int, data: bytes) -> bool:
+        mac = data[VNET:VNET + 3]
+        ip_multicast = mac == b"\x01\x00\x5e" or mac[:2] == b"\x33\x33"  # not broadcast: ARP still works
+        if self.muted and ip_multicast and (src in self.muted or dst in self.muted):
+            return True
+        if self.drop_tcp and data[VNET + 12:VNET + 14] == b"\x08\x00" and data[VNET + 23] == 6:
+            ip = VNET + 14
+            tcp = ip + (data[ip] & 0x0F) * 4
+            port = int.from_bytes(data[tcp + 2:tcp + 4], "big")
+            return (src, dst, port) in self.drop_tcp
+        return False
+
     def forward(self, src: int, dst: int, data: bytes) -> None:
         if (src, dst) in self.blocked or (self.loss and self.rng.random() < self.loss):
+            return
+        if self.filtered(src, dst, data):
             return
         hold = max(0.0, self.delay + self.rng.uniform(-self.jitter, self.jitter)) if self.delay else 0.0
         if hold <= 0:

@@ -17,6 +17,7 @@ from .errors import MAX_BODY_BYTES, bearer_middleware, error_middleware, json_er
 
 log = logging.getLogger(__name__)
 
+METRICS_TEXT: web.AppKey[Callable[[], str]] = web.AppKey("metrics_text", Callable[[], str])  # type: ignore[arg-type]
 STATUS: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("status", Callable[[], dict[str, Any]])  # type: ignore[arg-type]
 
 
@@ -57,6 +58,18 @@ async def ban(request: web.Request) -> web.Response:
     return web.json_response(request.app[openai_routes.BACKEND].ban(node_id))
 
 
+async def metrics_text(request: web.Request) -> web.Response:
+    """Prometheus text exposition (version 0.0.4)."""
+    render = request.app[METRICS_TEXT]
+    return web.Response(body=render().encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def doctor(request: web.Request) -> web.Response:
+    """``swarmctl doctor``: this node's checks (interfaces, mDNS, a handshake with every known address)."""
+    local_only(request)
+    return web.json_response(await request.app[openai_routes.BACKEND].doctor())
+
+
 async def not_found(request: web.Request) -> web.Response:
     return json_error(404, f"no route {request.method} {request.path}", code="not_found")
 
@@ -71,7 +84,9 @@ def read_token(path: Path) -> str:
     return token
 
 
-def build_app(cfg: ApiConfig, backend: openai_routes.Backend, status: Callable[[], dict[str, Any]]) -> web.Application:
+def build_app(cfg: ApiConfig, backend: openai_routes.Backend, status: Callable[[], dict[str, Any]],
+              metrics: Any = None) -> web.Application:
+    """``metrics``: a ``node_metrics.NodeMetrics`` (``request()`` per generation, ``render()`` for /metrics)."""
     middlewares: list[Any] = [error_middleware]
     if cfg.listen:
         if cfg.token_file is None:
@@ -82,14 +97,18 @@ def build_app(cfg: ApiConfig, backend: openai_routes.Backend, status: Callable[[
     app[openai_routes.DEFAULT_MAX_TOKENS] = cfg.default_max_tokens
     app[openai_routes.CLIENTS] = openai_routes.ClientLimits(cfg.max_sessions_per_client, cfg.client_write_timeout_s)
     app[STATUS] = status
+    app[openai_routes.METRICS] = metrics
+    app[METRICS_TEXT] = metrics.render if metrics is not None else (lambda: "")
     app[MAX_BODY_BYTES] = cfg.max_body_bytes
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", openai_routes.models)
     app.router.add_post("/v1/completions", openai_routes.completions)
     app.router.add_post("/v1/chat/completions", openai_routes.chat_completions)
     app.router.add_get("/v1/swarm/status", swarm_status)
+    app.router.add_get("/metrics", metrics_text)
     app.router.add_post("/v1/swarm/drain", drain)
     app.router.add_post("/v1/swarm/ban", ban)
+    app.router.add_get("/v1/swarm/doctor", doctor)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
 

@@ -52,6 +52,7 @@ class Backend(Protocol):
     def session_ended(self) -> None: ...
     def request_drain(self) -> dict[str, object]: ...
     def ban(self, node_id: str) -> dict[str, object]: ...
+    async def doctor(self) -> dict[str, Any]: ...
 
 
 class ClientLimits:
@@ -86,7 +87,20 @@ class ClientLimits:
                 self.active.pop(client, None)
 
 
+class Tracker(Protocol):
+    """One request's metrics (node_metrics.RequestTrack)."""
+
+    def running(self, prompt_tokens: int) -> None: ...
+    def token(self) -> None: ...
+    def end(self, finished_reason: str | None, error_code: str | None = None) -> None: ...
+
+
+class Metrics(Protocol):
+    def request(self) -> Tracker: ...
+
+
 BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)  # type: ignore[type-abstract]
+METRICS: web.AppKey[Metrics | None] = web.AppKey("metrics", object)  # type: ignore[arg-type]
 CLIENTS: web.AppKey[ClientLimits] = web.AppKey("clients", ClientLimits)
 DEFAULT_MAX_TOKENS: web.AppKey[int] = web.AppKey("default_max_tokens", int)
 
@@ -162,17 +176,27 @@ async def _handle(request: web.Request, kind: Kind) -> web.StreamResponse:
     except BaseException:
         limits.leave(client)
         raise
+    metrics = request.app.get(METRICS)
+    track = metrics.request() if metrics is not None else None
+    if track is not None:
+        generation.on_token = track.token
     try:
         async with generation:
+            if track is not None:
+                track.running(generation.prompt_tokens)
             if parsed.stream:
-                return await _stream(request, kind, parsed, generation, backend.model_name)
+                return await _stream(request, kind, parsed, generation, backend.model_name, track)
             text = []
             async for delta in generation.stream():
                 text.append(delta)
                 if _gone(request):
                     log.info("client left; session %s freed", generation.session_id)
+                    if track is not None:
+                        track.end(None, "client_gone")
                     break
             finish = generation.finish_reason.value if generation.finish_reason else "stop"
+            if track is not None:
+                track.end(finish)
             obj = "text_completion" if kind == "completion" else "chat.completion"
             prefix = "cmpl" if kind == "completion" else "chatcmpl"
             return web.json_response({
@@ -181,13 +205,20 @@ async def _handle(request: web.Request, kind: Kind) -> web.StreamResponse:
                 "choices": [_choice(kind, "".join(text), finish, final_message=True)],
                 "usage": _usage(generation),
             })
+    except SwarmdError as exc:
+        if track is not None:
+            track.end(None, exc.code)
+        raise
     finally:
+        if track is not None:
+            track.end(None, "aborted")  # no-op when it already ended
         backend.session_ended()
         limits.leave(client)
 
 
 async def _stream(
-    request: web.Request, kind: Kind, parsed: ParsedRequest, generation: Generation, model: str
+    request: web.Request, kind: Kind, parsed: ParsedRequest, generation: Generation, model: str,
+    track: Tracker | None = None,
 ) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
@@ -219,13 +250,19 @@ async def _stream(
         await send(chunk([_choice(kind, None if kind == "chat" else "", finish)]))
         if parsed.include_usage:
             await send(chunk([], _usage(generation)))
+        if track is not None:
+            track.end(finish)
     except (ConnectionResetError, BrokenPipeError) as exc:
         log.info("client left mid-stream (%s); session %s freed", exc, generation.session_id)
+        if track is not None:
+            track.end(None, "client_gone")
         if request.transport is not None:
             request.transport.close()
         return resp
     except SwarmdError as exc:  # headers are gone: report in-band, then end the stream
         log.warning("session %s failed: %s", generation.session_id, exc.message)
+        if track is not None:
+            track.end(None, exc.code)
         await send(error_payload(exc.message, exc.type, exc.code))
     await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()

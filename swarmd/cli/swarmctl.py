@@ -143,16 +143,39 @@ def cmd_ban(sock: str, node_id: str) -> int:
     return code
 
 
-def cmd_doctor(sock: str) -> int:
-    code, doc, err = _status(sock)
-    checks = [("socket reachable", doc is not None, err or sock)]
-    if doc is not None:
-        checks.append(("model loaded", doc.get("state") not in ("starting",), str(doc.get("loading") or "")))
-        checks.append(("full route", bool(doc.get("coverage")), _fmt_layers(doc.get("layers"))))
-        checks.append(("serving", doc.get("state") == "serving", str(doc.get("state"))))
-    for name, ok, detail in checks:
-        print(f"[{'ok' if ok else 'FAIL'}] {name}: {detail}")
-    return code
+def _unreachable_words(sock: str, exc: BaseException) -> str:
+    """Why the daemon's socket does not answer, in words (swarmctl's own checks: no daemon to ask)."""
+    if isinstance(exc, FileNotFoundError):
+        return (f"no swarmd socket at {sock}: swarmd is not running, or it uses another --socket "
+                "(systemctl status swarmd; journalctl -u swarmd)")
+    if isinstance(exc, PermissionError):
+        return f"no permission to use {sock}: run as root or join the socket's group (swarmd)"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"{sock} exists but nobody answers: swarmd died and left its socket behind"
+    return f"cannot reach swarmd at {sock}: {exc}"
+
+
+DOCTOR_LABELS = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+
+
+def cmd_doctor(sock: str, as_json: bool) -> int:
+    """Ask the daemon to check itself and every peer it could know; exit 0 healthy, 1 problems, 2 unreachable."""
+    try:
+        code, doc = request_json(sock, "GET", "/v1/swarm/doctor", timeout=60.0)
+    except (OSError, ValueError) as exc:
+        words = _unreachable_words(sock, exc)
+        print(json.dumps({"healthy": False, "verdict": words}) if as_json else f"[FAIL] daemon: {words}")
+        return EXIT_UNREACHABLE
+    if code != 200 or not isinstance(doc, dict) or "findings" not in doc:
+        print(f"[FAIL] daemon: swarmd at {sock} answered HTTP {code} to the doctor's request", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if as_json:
+        print(json.dumps(doc, indent=2))
+    else:
+        for f in doc["findings"]:
+            print(f"[{DOCTOR_LABELS.get(f['level'], f['level'])}] {f['check']}: {f['message']}")
+        print(f"\n{doc['verdict']}")
+    return EXIT_OK if doc.get("healthy") else EXIT_DEGRADED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--temperature", type=float, default=None)
     sub.add_parser("keygen", help="print a new swarm key")
     sub.add_parser("peers", help="list known peers")
-    sub.add_parser("doctor", help="check the local node")
+    doc = sub.add_parser("doctor", help="check this node and every peer it could know, and say what is wrong "
+                                        "(exit 0 healthy, 1 problems found, 2 unreachable)")
+    doc.add_argument("--json", action="store_true")
     sub.add_parser("drain", help="drain this node: no new sessions, in-flight ones finish or move, then it leaves")
     ban = sub.add_parser("ban", help="ban a member by its identity key; the ban spreads through the swarm")
     ban.add_argument("node_id")
@@ -189,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(render_peers(doc) if doc is not None else err)
         return code
     if args.cmd == "doctor":
-        return cmd_doctor(sock)
+        return cmd_doctor(sock, args.json)
     if args.cmd == "drain":
         return cmd_drain(sock)
     return cmd_ban(sock, args.node_id)

@@ -2,8 +2,9 @@
 
 The TXT record is small and public: ``txtvers``, the protocol version, the node id, a short id of the
 swarm key (``key_id``, which reveals nothing about the key) and the port. Services of another swarm
-(another key id) are ignored. Every candidate goes to ``on_candidate``; the mesh then connects and
-the handshake decides.
+(another key id) are not contacted. Every candidate goes to ``on_candidate``; the mesh then connects and
+the handshake decides. Every swarmd service heard (of this swarm or not, our own id from another host
+too) is kept as a ``Sighting`` for ``swarmctl doctor``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +24,7 @@ log = logging.getLogger(__name__)
 SERVICE_TYPE = "_swarmd._tcp.local."
 TXT_VERSION = "1"
 MAX_INSTANCE = 63
+MAX_SIGHTINGS = 128  # services remembered for diagnosis; the oldest is forgotten first
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,27 @@ def instance_name(node_id: str) -> str:
 def txt_record(node_id: str, key_id: str, port: int) -> dict[str, str]:
     return {"txtvers": TXT_VERSION, "proto": str(PROTOCOL_VERSION), "id": node_id[:128], "key": key_id,
             "port": str(port)}
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """A swarmd service heard on the LAN, whatever its swarm: what ``swarmctl doctor`` reasons about."""
+
+    name: str  # the DNS-SD instance name
+    node_id: str
+    addresses: tuple[str, ...]
+    port: int
+    key_id: str
+    proto: str
+    seen_at: float  # time.time()
+
+
+def sighting_of(name: str, props: dict[bytes, bytes | None], addresses: list[str], port: int) -> Sighting:
+    def get(k: str) -> str:
+        v = props.get(k.encode())
+        return v.decode(errors="replace")[:128] if isinstance(v, bytes) else ""
+
+    return Sighting(name[:255], get("id"), tuple(addresses[:8]), port, get("key")[:64], get("proto")[:8], time.time())
 
 
 def parse_txt(props: dict[bytes, bytes | None], addresses: list[str], port: int, *, own_id: str,
@@ -83,6 +108,8 @@ class MdnsDiscovery:
         self._info: object | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.seen: dict[str, Candidate] = {}
+        self.sightings: OrderedDict[str, Sighting] = OrderedDict()  # instance name -> what it announced
+        self.registered = False
 
     async def start(self) -> None:
         from zeroconf import IPVersion, ServiceStateChange
@@ -99,6 +126,7 @@ class MdnsDiscovery:
         )
         self._info = info
         await zc.async_register_service(info, allow_name_change=True)
+        self.registered = True
         self._browser = AsyncServiceBrowser(zc.zeroconf, SERVICE_TYPE, handlers=[self._on_change])
         log.info("mDNS: announcing %s on %s port %d", SERVICE_TYPE, ",".join(addrs), self.port)
 
@@ -116,8 +144,13 @@ class MdnsDiscovery:
         info = AsyncServiceInfo(service_type, name)
         if not await info.async_request(self._zc.zeroconf, 3000):  # type: ignore[attr-defined]
             return
-        cand = parse_txt(dict(info.properties), info.parsed_addresses(), int(info.port or 0),
-                         own_id=self.node_id, key_id=self.key_id)
+        props, addresses, port = dict(info.properties), info.parsed_addresses(), int(info.port or 0)
+        if self._info is None or name != self._info.name:  # type: ignore[attr-defined]
+            self.sightings[name] = sighting_of(name, props, addresses, port)
+            self.sightings.move_to_end(name)
+            while len(self.sightings) > MAX_SIGHTINGS:
+                self.sightings.popitem(last=False)
+        cand = parse_txt(props, addresses, port, own_id=self.node_id, key_id=self.key_id)
         if cand is None:
             return
         if self.seen.get(cand.node_id) != cand:

@@ -143,6 +143,7 @@ class _Step:
     sampling: tuple[SamplingParams, int, int] | None
     future: asyncio.Future[int | TensorBlob | TopLogits | None]
     report: bool = False  # last span: return the top logits with the token (output verification)
+    queued_at: float = 0.0  # loop time it was queued (metrics: queue wait)
 
     @property
     def tokens_in(self) -> int:
@@ -173,6 +174,8 @@ class Engine:
         self._batcher: asyncio.Task[None] | None = None
         self._last_forward_s = 0.0
         self.batches = 0  # batched forwards run (for status and benchmarks)
+        # Called per step with (span, seconds queued, seconds of its batched forward): the node's metrics.
+        self.observe: Callable[[tuple[int, int], float, float], None] | None = None
         self.batched_steps = 0
 
     async def open_session(self, session_id: str, capacity: int) -> None:
@@ -216,7 +219,8 @@ class Engine:
         if sess is None:
             raise InvalidRequest(f"unknown session {session_id}")
         loop = asyncio.get_running_loop()
-        step = _Step(session_id, sess, tokens, hidden, start_pos, sampling, loop.create_future(), report)
+        step = _Step(session_id, sess, tokens, hidden, start_pos, sampling, loop.create_future(), report,
+                     loop.time())
         if sess.last_done:
             sess.gap = next_gap(sess.gap, loop.time() - sess.last_done)
         self._queue.append(step)
@@ -305,6 +309,10 @@ class Engine:
                 self._last_forward_s = done - started
                 self.batches += 1
                 self.batched_steps += len(batch)
+                if self.observe is not None:
+                    span = (self.stage.span.start, self.stage.span.end)
+                    for step in batch:
+                        self.observe(span, started - step.queued_at, done - started)
                 for step, result in zip(batch, results, strict=True):
                     step.session.last_done = done
                     if step.future.done():

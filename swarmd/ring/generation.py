@@ -102,6 +102,7 @@ class Generation:
         self.finish_reason: FinishReason | None = None
         self.recoveries: list[Recovery] = []
         self._on_recovery = on_recovery
+        self.on_token: Callable[[], None] | None = None  # each token released to the client (metrics)
         self._ring: TokenSource | None = None
         self._unreachable: set[str] = set()  # stages that did not accept in time: never tried again
 
@@ -170,6 +171,8 @@ class Generation:
                 self.finish_reason = FinishReason.STOP
                 break
             self.history.append(token)
+            if self.on_token is not None:
+                self.on_token()
             delta = self.text.push(token)
             if delta:
                 yield delta

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 Dispatch = Callable[[Message, str], None]
 MAX_NODE_ID = 128
+MAX_HEARD = 1024  # peers whose clock and mDNS flag are remembered (oldest forgotten first)
 
 
 class Mesh:
@@ -41,10 +42,13 @@ class Mesh:
         self.server = PeerServer(cfg, keyring, self._serve)
         self.advertised = ""
         self.incompatible: dict[str, str] = {}  # addr -> why
+        # node id -> (its wall clock minus ours when its Hello arrived, in s; whether it announces by mDNS)
+        self.heard: dict[str, tuple[float | None, bool]] = {}
         # Identity on links, set by the node: (peer's Hello, connection binding) -> why it is refused (no
         # valid proof, banned, another key than its node id's), or None; and how our Hello is signed.
         self.refuse: Callable[[Hello, bytes], str | None] = lambda hello, binding: None
         self.sign_hello: Callable[[Hello, bytes], Hello] = lambda hello, binding: hello
+        self.on_rtt: Callable[[str, float], None] | None = None  # (peer's node id, link round trip): metrics
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -68,6 +72,7 @@ class Mesh:
         link = self.links.get(addr)
         if link is None:
             link = PeerLink(addr, self.cfg, self.keyring, self.hello, self._on_link_hello, self._on_link_down)
+            link.on_rtt = lambda rtt: self.on_rtt(link.node_id or link.addr, rtt) if self.on_rtt else None
             self.links[addr] = link
             link.start()
         return link
@@ -150,7 +155,14 @@ class Mesh:
             return False
         self.incompatible.pop(addr, None)
         self.table.saw(addr, hello, time.monotonic())
+        self._heard(hello)
         return True
+
+    def _heard(self, hello: Hello) -> None:
+        if hello.node_id not in self.heard and len(self.heard) >= MAX_HEARD:
+            self.heard.pop(next(iter(self.heard)))
+        skew = hello.wall_ms / 1000 - time.time() if hello.wall_ms > 0 else None
+        self.heard[hello.node_id] = (skew, hello.mdns)
 
     def _on_link_down(self, addr: str) -> None:
         for info in list(self.table.peers.values()):
@@ -173,6 +185,7 @@ class Mesh:
             host = conn.peer.rpartition(":")[0]
         addr = f"{host}:{port}"
         conn.node_id = first.node_id
+        self._heard(first)
         await conn.send(self.hello(conn.binding))
         if first.node_id not in self.table.peers:
             self.table.saw(addr, first, time.monotonic())  # refreshed by our own link's Hello exchange

@@ -52,6 +52,7 @@ class PeerLink:
         self.last_error = ""
         self.node_id: str | None = None
         self.rtt_s: float | None = None
+        self.on_rtt: Callable[[float], None] | None = None  # each measured round trip (metrics)
         self._up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._pings: dict[int, float] = {}
@@ -211,6 +212,8 @@ class PeerLink:
                     if sent is not None:
                         self.last_pong = time.monotonic()
                         self.rtt_s = self.last_pong - sent
+                        if self.on_rtt is not None:
+                            self.on_rtt(self.rtt_s)
                 else:
                     raise ProtocolError(f"unexpected {type(msg).__name__} on an outgoing link", "unexpected")
         finally:

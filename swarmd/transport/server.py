@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from ..config import NetConfig, parse_hostport
@@ -16,6 +18,7 @@ from .connection import Connection, describe_error
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Connection], Awaitable[None]]
+MAX_REFUSALS = 64  # remote hosts whose last refusal is remembered for swarmctl doctor
 
 
 class PeerServer:
@@ -27,6 +30,8 @@ class PeerServer:
         self._conns: dict[asyncio.Task[None], Connection] = {}
         self.address: tuple[str, int] | None = None
         self.rejected: dict[str, int] = {}  # reason -> count, for status and metrics
+        # remote host -> (time.time(), reason label, message) of its last refused connection (doctor)
+        self.refusals: OrderedDict[str, tuple[float, str, str]] = OrderedDict()
         self._stopping = False
 
     async def start(self) -> None:
@@ -60,12 +65,21 @@ class PeerServer:
             raise
         except Exception as exc:  # a peer's bad input: drop this connection only
             reason = describe_error(exc)
-            self._count(getattr(exc, "reason", type(exc).__name__))
+            label = getattr(exc, "reason", type(exc).__name__)
+            self._count(label)
+            if hasattr(exc, "reason"):  # a refusal (bad key, incompatible), not a peer that went away
+                self._remember(conn.peer.rpartition(":")[0], label, str(getattr(exc, "message", reason)))
             level = logging.INFO if conn.authenticated else logging.WARNING
             log.log(level, "closing connection from %s (%s): %s", conn.peer, conn.node_id or "unknown", reason)
         finally:
             self._conns.pop(task, None)
             await conn.aclose()
+
+    def _remember(self, host: str, label: str, message: str) -> None:
+        self.refusals[host] = (time.time(), label, message[:200])
+        self.refusals.move_to_end(host)
+        while len(self.refusals) > MAX_REFUSALS:
+            self.refusals.popitem(last=False)
 
     def drop_node(self, node_id: str) -> int:
         """Close every inbound connection from ``node_id`` (e.g. it was just banned); returns how many."""

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from ..types import TensorBlob
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -83,6 +83,10 @@ class Hello(Message):
     # and node id (wire/identity.hello_proof): who is at the other end, bound to this connection.
     identity: bytes = b""
     proof: bytes = b""
+    # The sender's wall clock when it sent this (ms since the Unix epoch; 0: unknown): clock skew for
+    # ``swarmctl doctor``. Whether the sender announces itself by mDNS (doctor: is multicast blocked?).
+    wall_ms: int = 0
+    mdns: bool = False
 
 
 @dataclass(frozen=True, slots=True)
