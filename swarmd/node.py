@@ -4,6 +4,7 @@ their lifetimes and their one shutdown path."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import secrets
 import socket
@@ -187,11 +188,13 @@ class Node:
 
     async def _start(self) -> None:
         """Load the model's metadata, measure this node, join the swarm, and take the first layers."""
+        self.notifier.status(f"loading {self.model_name}")
+        # Importing torch and transformers takes seconds: off the loop, so the API answers meanwhile.
+        await asyncio.to_thread(importlib.import_module, "swarmd.engine.runtime")
         from .engine.profile import default_memory_budget, profile_model
         from .engine.runtime import load_meta
         from .engine.text import TextCodec
 
-        self.notifier.status(f"loading {self.model_name}")
         loaded = await asyncio.to_thread(load_meta, self.cfg.model, self.cfg.engine)
         self.model_name = loaded.source.name
         self._codec = TextCodec(loaded.tokenizer, loaded.config)
