@@ -52,6 +52,11 @@ if [ -z "$P" ] && [ "$IS_ROOT" = 0 ]; then
   echo "install.sh: run as root (or with --root DIR)" >&2
   exit 2
 fi
+if [ -n "$P" ] && [ "$NO_VENV" = 0 ]; then
+  # A venv records its own path (scripts' #! lines, pyvenv.cfg): one built under DIR would not run at /opt.
+  echo "install.sh: --root needs --no-venv (build the venv at $VENV on the target itself)" >&2
+  exit 2
+fi
 
 # 1. The virtual environment.
 if [ "$NO_VENV" = 1 ]; then
@@ -80,7 +85,8 @@ else
 fi
 
 # 3. The unit (always refreshed: it belongs to this version) and the config (only when missing).
-install -d -m 0755 "$P/etc/systemd/system" "$P$ETC"
+install -d -m 0755 "$P/etc/systemd/system"
+[ -d "$P$ETC" ] || install -d -m 0755 "$P$ETC"  # an existing /etc/swarmd keeps its mode
 if ! cmp -s "$REPO/systemd/swarmd.service" "$P/etc/systemd/system/swarmd.service"; then
   install -m 0644 "$REPO/systemd/swarmd.service" "$P/etc/systemd/system/swarmd.service"
   say "installed /etc/systemd/system/swarmd.service"
@@ -103,9 +109,13 @@ keygen() {
     PYTHONPATH="$REPO" "${PYTHON:-python3}" -m swarmd.cli.swarmctl keygen
   fi
 }
-if [ -e "$P$ETC/swarm.key" ]; then
+if [ -L "$P$ETC/swarm.key" ]; then
+  echo "install.sh: $ETC/swarm.key is a symbolic link; replace it with the key file itself (mode 0600)" >&2
+  exit 1
+elif [ -e "$P$ETC/swarm.key" ]; then
   if [ -n "$KEY" ] && ! cmp -s "$KEY" "$P$ETC/swarm.key"; then
-    say "warning: $ETC/swarm.key exists and differs from $KEY; keeping it (remove it first to replace it)"
+    echo "install.sh: $ETC/swarm.key exists and differs from $KEY; keeping it (remove it first to replace it)" >&2
+    exit 1
   fi
   chmod 0600 "$P$ETC/swarm.key"
 else
@@ -120,7 +130,7 @@ else
     say "generated $ETC/swarm.key: copy it (same path, mode 0600) to every other machine of this swarm"
   fi
   [ -s "$tmp" ] || { echo "install.sh: empty swarm key" >&2; exit 1; }
-  mv "$tmp" "$P$ETC/swarm.key"
+  mv -n "$tmp" "$P$ETC/swarm.key"  # -n: a key that appeared meanwhile is never replaced
   trap - EXIT
 fi
 if [ "$IS_ROOT" = 1 ]; then chown root:root "$P$ETC/swarm.key"; fi
@@ -138,7 +148,7 @@ elif [ -d /run/systemd/system ]; then  # systemd runs this machine (sd_booted)
     say "enabled swarmd.service; start it with: systemctl start swarmd"
   else
     was_active=0; systemctl is-active --quiet swarmd.service && was_active=1
-    systemctl enable --now swarmd.service
+    systemctl enable --now --no-block swarmd.service  # READY=1 may take minutes (the first model conversion)
     if [ "$was_active" = 1 ]; then say "swarmd was already running: systemctl restart swarmd to use this version"; fi
     say "started; follow it with: journalctl -u swarmd -f; check it with: $VENV/bin/swarmctl status"
   fi

@@ -23,13 +23,15 @@ PROBE_WORDS = {
                "unroutable",
     "unreachable": "cannot reach that host ({detail}): no route to it from here",
     "other_key": "the peer closed the connection on this node's key offer: it holds none of this node's swarm "
-                 "keys (it belongs to another swarm), or one side runs --insecure",
+                 "keys (it belongs to another swarm), one side runs --insecure, or it runs another swarmd "
+                 "release (protocol version)",
     "auth": "handshake failed: {detail}",
     "version": "protocol versions differ ({detail}): run the same swarmd release on every node",
     "refused_hello": "the peer accepted the swarm key but closed the link on this node's Hello: it serves "
                      "another model, it banned this node, or it uses this node's id",
     "incompatible": "{detail}",
     "duplicate_id": "that peer uses this node's id: give each node a unique --node-id",
+    "self": "this node itself (the address leads back here)",
     "error": "{detail}",
 }
 REFUSAL_WORDS = {
@@ -51,6 +53,8 @@ def _probe_finding(p: dict[str, Any], member: dict[str, Any] | None) -> Finding:
     member_state = (member or {}).get("state")
     who = f"{node_id} at {p['addr']}" if node_id else p["addr"]
     via = "/".join(p.get("sources", [])) or "?"
+    if p["outcome"] == "self":
+        return Finding(OK, "peer", f"{p['addr']} ({via}): {PROBE_WORDS['self']}")
     if p["outcome"] == "ok":
         rtt = f", round trip {p['rtt_ms']:.1f} ms" if p.get("rtt_ms") is not None else ""
         return Finding(OK, "peer", f"{who} ({via}): reachable, swarm key and handshake ok{rtt}")
@@ -93,8 +97,15 @@ def _mdns(facts: dict[str, Any], out: list[Finding]) -> None:
         out.append(Finding(FAIL, "mdns", f"mDNS could not start: {md.get('error') or 'unknown error'}"))
         return
     out.append(Finding(OK, "mdns", f"registered as {md.get('name')} on {', '.join(md.get('addresses', []))}"))
-    same = [s for s in md.get("sightings", []) if s["key_id"] == key_id and s["node_id"] != node_id]
-    foreign = [s for s in md.get("sightings", []) if s["key_id"] != key_id and s["node_id"] != node_id]
+    proto = str(facts.get("protocol", ""))
+    others = [s for s in md.get("sightings", []) if s["node_id"] != node_id]
+    same = [s for s in others if s["key_id"] == key_id and s["proto"] == proto]
+    foreign = [s for s in others if s["key_id"] != key_id]
+    for s in others:
+        if s["key_id"] == key_id and s["proto"] != proto:
+            out.append(Finding(WARN, "mdns", f"{s['node_id']} at {', '.join(s['addresses'])} holds this swarm's key "
+                                             f"but speaks protocol {s['proto'] or '?'} (this node {proto}): run "
+                                             "the same swarmd release on every node"))
     dups = [s for s in md.get("sightings", []) if s["node_id"] == node_id]
     for s in dups:
         out.append(Finding(FAIL, "mdns", f"another machine ({', '.join(s['addresses'])}) announces this node's id "
@@ -107,7 +118,8 @@ def _mdns(facts: dict[str, Any], out: list[Finding]) -> None:
     if same:
         out.append(Finding(OK, "mdns", f"heard {len(same)} member(s) of this swarm: "
                                        + ", ".join(sorted(s["node_id"] for s in same))))
-    if facts.get("uptime_s", 0.0) < MDNS_GRACE_S:
+    listened = md.get("uptime_s", facts.get("uptime_s", 0.0))  # since discovery started
+    if listened < MDNS_GRACE_S:
         return
     sighted = {s["node_id"] for s in md.get("sightings", [])}
     announcers = sorted(m["node_id"] for m in facts.get("members", [])
@@ -115,11 +127,11 @@ def _mdns(facts: dict[str, Any], out: list[Finding]) -> None:
     if announcers and not sighted:
         out.append(Finding(FAIL, "mdns", f"multicast looks blocked: {', '.join(announcers)} announce themselves "
                                          f"by mDNS, but not one announcement reached this node in "
-                                         f"{facts['uptime_s']:.0f} s. Let UDP port 5353 to 224.0.0.251 through (host "
+                                         f"{listened:.0f} s. Let UDP port 5353 to 224.0.0.251 through (host "
                                          "firewall, switch IGMP snooping, Wi-Fi client isolation); --peer seeds "
                                          "work without multicast"))
     elif not sighted and not facts.get("members") and not seeds:
-        out.append(Finding(FAIL, "mdns", f"no swarmd node answered on mDNS in {facts['uptime_s']:.0f} s and no "
+        out.append(Finding(FAIL, "mdns", f"no swarmd node answered on mDNS in {listened:.0f} s and no "
                                          "--peer seed is set: either no other node runs on this LAN, or multicast "
                                          "is blocked (UDP 5353 to 224.0.0.251); give this node a --peer seed"))
 
@@ -152,6 +164,8 @@ def diagnose(facts: dict[str, Any]) -> dict[str, Any]:
     _interfaces(facts, out)
     _mdns(facts, out)
     states = {m["node_id"]: m.get("state") for m in facts.get("members", [])}
+    if facts.get("probes_skipped"):
+        out.append(Finding(WARN, "peer", f"peers not probed: {facts['probes_skipped']}"))
     by_addr = {m["addr"]: m for m in facts.get("members", [])}
     for p in facts.get("probes", []):
         out.append(_probe_finding(p, by_addr.get(p["addr"])))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,10 +14,11 @@ from .config import NetConfig, parse_hostport
 from .errors import AuthError, ConfigError, ProtocolError
 from .transport.connection import Connection
 from .wire.crypto import Keyring
-from .wire.messages import Hello
+from .wire.messages import PROTOCOL_VERSION, Hello
 
 if TYPE_CHECKING:
     from .node import Node
+    from .transport.mesh import Mesh
 
 PROBE_TIMEOUT_S = 3.0
 MAX_PROBES = 32
@@ -45,9 +45,10 @@ def interfaces() -> list[dict[str, Any]]:
     return out
 
 
-async def probe(addr: str, cfg: NetConfig, keyring: Keyring | None, hello: Callable[[bytes], Hello],
-                own_id: str, timeout: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
-    """Connect, run the handshake and swap Hellos, as a link would; say how far it got and why it stopped."""
+async def probe(addr: str, cfg: NetConfig, keyring: Keyring | None, mesh: Mesh,
+                timeout: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
+    """Connect, run the handshake and swap Hellos, as a link would; say how far it got and why it stopped.
+    The peer's Hello is judged by the mesh's own rules (identity proof, bans, model), as a link's would be."""
     out: dict[str, Any] = {"addr": addr, "outcome": "error", "detail": "", "node_id": None}
     try:
         host, port = parse_hostport(addr)
@@ -70,15 +71,20 @@ async def probe(addr: str, cfg: NetConfig, keyring: Keyring | None, hello: Calla
         async with asyncio.timeout(timeout):
             await conn.client_handshake(keyring)
             stage = "hello"
-            await conn.send(hello(conn.binding))
+            await conn.send(mesh.hello(conn.binding))
             reply = await conn.recv(timeout)
         if not isinstance(reply, Hello):
             return dict(out, outcome="error", detail=f"answered {type(reply).__name__} instead of Hello")
         out["node_id"] = reply.node_id
-        if reply.node_id == own_id:
-            return dict(out, outcome="duplicate_id", detail="same node id")
+        if reply.node_id == mesh.node_id:
+            if mesh.is_self(reply, conn.binding):
+                return dict(out, outcome="self", detail="this node itself")
+            return dict(out, outcome="duplicate_id", detail="same node id, another identity key")
         if reply.wall_ms > 0:
             out["clock_skew_s"] = round(reply.wall_ms / 1000 - time.time(), 3)
+        why = mesh.judge(reply, conn.binding)
+        if why is not None:
+            return dict(out, outcome="incompatible", detail=why)
         return dict(out, outcome="ok", model=reply.model)
     except ProtocolError as exc:  # AuthError included: a bad MAC, "requires a key", another version
         outcome = "version" if exc.reason == "version" else "auth" if isinstance(exc, AuthError) else "error"
@@ -123,6 +129,7 @@ def _mdns_facts(node: Node) -> dict[str, Any]:
     if disc is not None:
         info = disc._info  # noqa: SLF001 - the registered service's final name (zeroconf may rename it)
         facts.update(name=getattr(info, "name", None), registered=disc.registered,
+                     uptime_s=round(time.monotonic() - disc.started_at, 1),
                      addresses=list(getattr(info, "parsed_addresses", lambda: [])()),
                      sightings=[{"node_id": s.node_id, "addresses": list(s.addresses), "port": s.port,
                                  "key_id": s.key_id, "proto": s.proto, "age_s": round(time.time() - s.seen_at, 1)}
@@ -131,9 +138,11 @@ def _mdns_facts(node: Node) -> dict[str, Any]:
 
 
 async def gather(node: Node) -> dict[str, Any]:
-    targets = _targets(node)
-    probes = await asyncio.gather(*(probe(addr, node.cfg.net, node.keyring, node.mesh.hello, node.node_id)
-                                    for addr in targets))
+    # Until it has joined, this node's Hello names no listen address (and maybe no model): every peer
+    # would refuse it, and remember refusing this host. Probe only once the mesh runs.
+    ready = bool(node.swim_addr) and node.loaded is not None
+    targets = _targets(node) if ready else {}
+    probes = await asyncio.gather(*(probe(addr, node.cfg.net, node.keyring, node.mesh) for addr in targets))
     for p in probes:
         p["sources"] = targets[p["addr"]]
     now = time.time()
@@ -149,11 +158,13 @@ async def gather(node: Node) -> dict[str, Any]:
         "uptime_s": round(time.monotonic() - node._started, 1),  # noqa: SLF001
         "listen": node.swim_addr or node.mesh.advertised,
         "key_id": node.keyring.public_id if node.keyring is not None else "insecure",  # as mDNS announces it
+        "protocol": PROTOCOL_VERSION,
         "seeds": list(node.cfg.net.peers),
         "interfaces": await asyncio.to_thread(interfaces),
         "mdns": _mdns_facts(node),
         "members": members,
         "probes": list(probes),
+        "probes_skipped": None if ready else "this node is still starting (it has not joined yet)",
         "refusals": [{"host": host, "age_s": round(now - at, 1), "reason": label, "message": msg}
                      for host, (at, label, msg) in reversed(node.mesh.server.refusals.items())],
         "can_serve": node.can_serve(),

@@ -66,9 +66,15 @@ class Family:
     def samples(self) -> Iterable[str]:
         raise NotImplementedError
 
+    @property
+    def exposed(self) -> str:
+        """The name on the HELP and TYPE lines: every sample of the family is this name (plus a histogram's
+        ``_bucket``/``_sum``/``_count``)."""
+        return self.name
+
     def render(self) -> str:
-        head = [f"# HELP {self.name} {self.help.replace(chr(92), chr(92) * 2).replace(chr(10), ' ')}",
-                f"# TYPE {self.name} {self.kind}"]
+        help_text = self.help.replace("\\", "\\\\").replace("\n", "\\n")
+        head = [f"# HELP {self.exposed} {help_text}", f"# TYPE {self.exposed} {self.kind}"]
         return "\n".join([*head, *self.samples()])
 
 
@@ -83,6 +89,10 @@ class Counter(Family):
 
     def _series(self) -> dict[LabelKey, object]:
         return self.values  # type: ignore[return-value]
+
+    @property
+    def exposed(self) -> str:
+        return self.name + "_total"
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         if amount < 0:
@@ -163,6 +173,11 @@ class Histogram(Family):
         counts[bisect.bisect_left(self.bounds, value)] += 1
         total[0] += value
 
+    def retain(self, keep: Callable[[LabelKey], bool]) -> None:
+        """Forget the label sets ``keep`` rejects (e.g. peers that left the swarm)."""
+        for key in [k for k in self.series if not keep(k)]:
+            del self.series[key]
+
     def count(self, **labels: str) -> int:
         got = self.series.get(tuple(str(labels[n]) for n in self.labels))
         return sum(got[0]) if got else 0
@@ -184,8 +199,9 @@ class Registry:
         self._collectors: list[Callable[[], None]] = []
 
     def _add(self, family: Family) -> Family:
-        if family.name in self.families:
-            raise ValueError(f"metric {family.name} registered twice")
+        taken = {n for f in self.families.values() for n in (f.name, f.exposed)}
+        if family.name in taken or family.exposed in taken:
+            raise ValueError(f"metric {family.name} clashes with one registered before")
         self.families[family.name] = family
         return family
 

@@ -126,6 +126,7 @@ class Node:
         self.mesh = Mesh(cfg.net, keyring, self.node_id, self._hello, self._dispatch, self._peer_lost, self._resolve)
         self.mesh.refuse = self.safety.refuse_link
         self.mesh.sign_hello = self.safety.sign_hello
+        self.mesh.own_identity = self.identity.public
         self.host = StageHost(self.node_id, self.mesh.send, cfg.net.session_idle_s, self._spawn)
         self.trust = Trust(cfg.net.quarantine_s)
         self.auditor = Auditor(cfg.net.spot_check, cfg.net.probation_steps, self.safety.replicas,
@@ -426,7 +427,7 @@ class Node:
             self.node_id, self.swim_addr or advertised, __version__, self.model_name,
             int(cfg.num_hidden_layers) if cfg is not None else 0, int(cfg.hidden_size) if cfg is not None else 0,
             span[0], span[1], self.cfg.engine.device, wall_ms=int(time.time() * 1000),
-            mdns=self.discovery is not None,
+            mdns=self.discovery is not None and self.discovery.registered,
         )
 
     def _dispatch(self, msg: Message, sender: str) -> None:

@@ -107,6 +107,8 @@ class NodeMetrics:
         self.compute = r.histogram(P + "stage_compute_seconds",
                                    "Seconds of the batched forward that ran a step, per span.", STEP_BUCKETS,
                                    ("span",))
+        self.disconnects = r.counter(P + "peer_disconnects", "Authenticated peer connections that ended, by how.",
+                                     ("how",))
         self.stage_sessions = r.gauge(P + "stage_sessions", "Ring sessions open on this node's spans.")
         self.hop = r.histogram(P + "hop_latency_seconds",
                                "Round trip of a ping on this node's link to a peer (one hop of a chain).",
@@ -141,12 +143,16 @@ class NodeMetrics:
                 self.mismatches.set_total(stats.mismatches)
             self.quarantined.set(len(node.safety.distrusted()))
             rejected: Tally[str] = Tally(node.mesh.server.rejected)
+            for how, n in node.mesh.server.disconnects.items():
+                self.disconnects.set_total(n, how=how)
             if node.membership is not None:
                 rejected.update(node.membership.swim.dropped)
                 rejected.update(node.membership.rejected)
             for reason, n in rejected.items():
                 self.rejected.set_total(n, reason=reason)
             self.stage_sessions.set(node.host.session_count)
+            known = {p.node_id for p in node.view.peers.values()} | {link.addr for link in node.mesh.links.values()}
+            self.hop.retain(lambda key: key[0] in known)  # peers forgotten by the view go from /metrics too
             engine = node.engine
             budget = engine.budget if engine is not None else None
             self.kv_usage.set(budget.used / budget.capacity if budget is not None and budget.capacity else 0.0)

@@ -34,6 +34,7 @@ def _peers(node: Node) -> list[dict[str, Any]]:
         serving = peer.serving_spans()
         link = node.mesh.links.get(peer.addr)
         heard = ms.last_heard.get(peer.node_id) if ms is not None else None
+        skew = node.mesh.heard.get(peer.node_id, (None, False))[0]
         out.append({
             "node_id": peer.node_id, "addr": peer.addr, "state": peer.state,
             "layers": list(serving[-1]) if serving else None,
@@ -47,6 +48,7 @@ def _peers(node: Node) -> list[dict[str, Any]]:
             "state_since_s": round(now - peer.since, 2),
             "rtt_ms": _ms(ms.rtt_s.get(peer.node_id)) if ms is not None else None,
             "incarnation": peer.incarnation,
+            "clock_skew_s": None if skew is None else round(skew, 3),  # its clock minus ours, from its Hello
             "software": meta.software if meta else None,
             "connection": link.state if link is not None else "none",
             "quarantined_by": distrusted.get(peer.node_id, []),
@@ -120,6 +122,7 @@ def status_document(node: Node) -> dict[str, Any]:
         "uptime_s": round(time.monotonic() - node._started, 1),
         "loading": node._load_progress if node.state == NodeState.STARTING else None,
         "rejected_connections": dict(node.mesh.server.rejected),
+        "peer_disconnects": dict(node.mesh.server.disconnects),
         "failover": {"replays": node.replays, "last": node.last_replay},
         "verification": _verification(node),
         "identity": {"fingerprint": node.identity.fingerprint, "banned": sorted(node.attestor.banned),

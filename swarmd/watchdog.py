@@ -28,7 +28,9 @@ class Pinger(Protocol):
 class WatchdogTiming:
     # systemd's WatchdogSec= (from $WATCHDOG_USEC): the longest gap it accepts between two pings.
     interval_s: float
-    # Ticks per interval; three leave room for one skipped tick after a short stall.
+    # Ticks per interval. A stall shorter than max_late delays one ping by at most period + max_late, inside
+    # the interval; a longer one skips that tick, the next ping comes a period later, past the interval:
+    # systemd restarts the service, as intended for a loop stuck that long.
     ticks_per_interval: int = 3
     # A tick that woke later than this share of the interval means the loop was stuck: no ping. With three
     # ticks per interval, a tolerated stall still gives a ping within period + max_late < interval.

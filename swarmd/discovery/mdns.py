@@ -110,12 +110,15 @@ class MdnsDiscovery:
         self.seen: dict[str, Candidate] = {}
         self.sightings: OrderedDict[str, Sighting] = OrderedDict()  # instance name -> what it announced
         self.registered = False
+        self.started_at = time.monotonic()
 
     async def start(self) -> None:
         from zeroconf import IPVersion, ServiceStateChange
         from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
         self._state_added = (ServiceStateChange.Added, ServiceStateChange.Updated)
+        self._state_removed = ServiceStateChange.Removed
+        self.started_at = time.monotonic()
         zc = AsyncZeroconf(ip_version=IPVersion.V4Only)
         self._zc = zc
         addrs = self.addresses or _local_addresses()
@@ -131,6 +134,9 @@ class MdnsDiscovery:
         log.info("mDNS: announcing %s on %s port %d", SERVICE_TYPE, ",".join(addrs), self.port)
 
     def _on_change(self, zeroconf: object, service_type: str, name: str, state_change: object) -> None:
+        if state_change == self._state_removed:  # a goodbye, or its records expired: forget the sighting
+            self.sightings.pop(name, None)
+            return
         if state_change not in self._state_added:
             return
         task = asyncio.ensure_future(self._resolve(service_type, name))

@@ -311,8 +311,11 @@ class Engine:
                 self.batched_steps += len(batch)
                 if self.observe is not None:
                     span = (self.stage.span.start, self.stage.span.end)
-                    for step in batch:
-                        self.observe(span, started - step.queued_at, done - started)
+                    try:
+                        for step in batch:
+                            self.observe(span, started - step.queued_at, done - started)
+                    except Exception:  # noqa: BLE001 - metrics never stop the batch loop
+                        log.exception("engine step observer failed")
                 for step, result in zip(batch, results, strict=True):
                     step.session.last_done = done
                     if step.future.done():

@@ -48,6 +48,7 @@ class Mesh:
         # valid proof, banned, another key than its node id's), or None; and how our Hello is signed.
         self.refuse: Callable[[Hello, bytes], str | None] = lambda hello, binding: None
         self.sign_hello: Callable[[Hello, bytes], Hello] = lambda hello, binding: hello
+        self.own_identity = b""  # this node's identity key (set by the node): a Hello from it is our own
         self.on_rtt: Callable[[str, float], None] | None = None  # (peer's node id, link round trip): metrics
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -126,6 +127,15 @@ class Mesh:
             raise PeerUnavailable(f"{hop.addr} is now node {link.node_id}, not {hop.node_id}")
         await link.send(*msgs)
 
+    def judge(self, hello: Hello, binding: bytes) -> str | None:
+        """Why a peer's Hello on a connection with this ``binding`` is refused (None: accepted)."""
+        return self._compatible(hello, binding)
+
+    def is_self(self, hello: Hello, binding: bytes) -> bool:
+        """The Hello is this node's own (a seed or probe that reached this node under another address)."""
+        return (hello.node_id == self.node_id and bool(self.own_identity) and hello.identity == self.own_identity
+                and self.refuse(hello, binding) is None)
+
     def _compatible(self, hello: Hello, binding: bytes) -> str | None:
         mine = self._make_hello(self.advertised)
         if hello.node_id == self.node_id:
@@ -159,7 +169,8 @@ class Mesh:
         return True
 
     def _heard(self, hello: Hello) -> None:
-        if hello.node_id not in self.heard and len(self.heard) >= MAX_HEARD:
+        self.heard.pop(hello.node_id, None)  # re-inserted last: the least recently heard is forgotten first
+        if len(self.heard) >= MAX_HEARD:
             self.heard.pop(next(iter(self.heard)))
         skew = hello.wall_ms / 1000 - time.time() if hello.wall_ms > 0 else None
         self.heard[hello.node_id] = (skew, hello.mdns)
@@ -177,6 +188,9 @@ class Mesh:
         first = await conn.recv()
         if not isinstance(first, Hello):
             raise ProtocolError(f"expected Hello first, got {type(first).__name__}", "unexpected")
+        if self.is_self(first, conn.binding):  # our own link or probe, under another address: say so, close
+            await conn.send(self.hello(conn.binding))
+            return
         why = self._compatible(first, conn.binding)
         if why is not None:
             raise ProtocolError(why, "incompatible")

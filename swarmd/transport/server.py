@@ -29,7 +29,8 @@ class PeerServer:
         self._server: asyncio.Server | None = None
         self._conns: dict[asyncio.Task[None], Connection] = {}
         self.address: tuple[str, int] | None = None
-        self.rejected: dict[str, int] = {}  # reason -> count, for status and metrics
+        self.rejected: dict[str, int] = {}  # reason -> count of connections refused or cut for bad input
+        self.disconnects: dict[str, int] = {}  # how authenticated peers went away (EOF, reset, silence)
         # remote host -> (time.time(), reason label, message) of its last refused connection (doctor)
         self.refusals: OrderedDict[str, tuple[float, str, str]] = OrderedDict()
         self._stopping = False
@@ -65,10 +66,17 @@ class PeerServer:
             raise
         except Exception as exc:  # a peer's bad input: drop this connection only
             reason = describe_error(exc)
-            label = getattr(exc, "reason", type(exc).__name__)
-            self._count(label)
-            if hasattr(exc, "reason"):  # a refusal (bad key, incompatible), not a peer that went away
-                self._remember(conn.peer.rpartition(":")[0], label, str(getattr(exc, "message", reason)))
+            label = getattr(exc, "reason", None)
+            if label is None and isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                label = "truncated"
+            elif label is None and not conn.authenticated:
+                label = "handshake_" + ("eof" if isinstance(exc, asyncio.IncompleteReadError) else type(exc).__name__)
+            if label is None:  # an authenticated peer went away: not a rejection
+                self.disconnects[type(exc).__name__] = self.disconnects.get(type(exc).__name__, 0) + 1
+            else:
+                self._count(label)
+            if hasattr(exc, "reason") and conn.node_id is None:  # refused before its Hello was accepted
+                self._remember(conn.peer.rpartition(":")[0], label or "", str(getattr(exc, "message", reason)))
             level = logging.INFO if conn.authenticated else logging.WARNING
             log.log(level, "closing connection from %s (%s): %s", conn.peer, conn.node_id or "unknown", reason)
         finally:

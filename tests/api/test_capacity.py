@@ -45,6 +45,10 @@ def test_kv_budget_full_gives_503_with_retry_after(small_node: NodeThread) -> No
         small_node.call(lambda: engine.close_session("hog"))
         assert c.post("/v1/completions", json=body).status_code == 200
     assert kv_status(small_node) == {"budget_bytes": 320 * PER_TOKEN, "used_bytes": 0, "sessions": 0}
+    # The refused request is a failure by its code; it waited, never ran, and left no gauge behind.
+    m = small_node.node.metrics
+    assert m.failures.get(code="kv_budget_exceeded") == 1 and sum(m.successes.values.values()) == 2
+    assert (m.waiting.get(), m.running.get(), m.ttft.count()) == (0, 0, 2)
 
 
 def test_session_bigger_than_whole_budget_is_refused(small_node: NodeThread) -> None:
@@ -87,6 +91,12 @@ def test_client_disconnect_frees_kv_at_once(small_node: NodeThread, stream: bool
         assert time.monotonic() - closed_at < 1.0, "KV cache still held after the client left"
         time.sleep(0.02)
     assert small_node.node._active == 0
+    m = small_node.node.metrics
+    deadline = time.monotonic() + 5
+    while m.running.get() != 0:  # the handler notices the client left at its next write or token
+        assert time.monotonic() < deadline, "request still counted as running"
+        time.sleep(0.02)
+    assert m.failures.get(code="client_gone") + m.failures.get(code="aborted") == 1 and not m.successes.values
 
 
 def test_too_many_sessions_gets_503(small_node: NodeThread) -> None:

@@ -227,12 +227,12 @@ def test_example_config_loads(short_tmp: Path) -> None:
 # --- scripts/install.sh ---------------------------------------------------------------------------------
 
 
-def install(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def install(root: Path, *args: str, venv: bool = False, rc: int = 0) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DESTDIR", "SWARMCTL")}
     env["PYTHON"] = sys.executable
-    out = subprocess.run(["bash", str(INSTALL), "--root", str(root), "--no-venv", *args], capture_output=True,
-                         text=True, timeout=120, env=env)
-    assert out.returncode == 0, out.stdout + out.stderr
+    out = subprocess.run(["bash", str(INSTALL), "--root", str(root), *([] if venv else ["--no-venv"]), *args],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == rc, out.stdout + out.stderr
     return out
 
 
@@ -258,19 +258,26 @@ def test_install_into_root(short_tmp: Path) -> None:
         assert (root / "etc/systemd/system/multi-user.target.wants/swarmd.service").is_symlink()
     first = snapshot(root)
 
-    # Again, with another key and a locally edited config: nothing is overwritten, the unit is refreshed.
+    # Another key for an installed swarm: refused (exit 1), the installed key untouched.
     other = short_tmp / "other.key"
     other.write_text(generate_key() + "\n")
+    out = install(root, "--key", str(other), rc=1)
+    assert "keeping it" in out.stderr and key.read_bytes() == first["etc/swarmd/swarm.key"][1]
+    # Again, with a locally edited config: nothing is overwritten, the unit is refreshed.
     (etc / "swarmd.toml").write_text('log_level = "DEBUG"\n')
     unit.write_text("stale\n")
-    out = install(root, "--key", str(other))
-    assert "keeping it" in out.stdout
+    install(root)
     assert (etc / "swarmd.toml").read_text() == 'log_level = "DEBUG"\n'
     assert unit.read_bytes() == UNIT.read_bytes()
     assert key.read_bytes() == first["etc/swarmd/swarm.key"][1]
     second = snapshot(root)
-    install(root, "--key", str(other))
+    install(root)
     assert snapshot(root) == second  # idempotent
+    # A venv cannot be built under --root (it records its own path); a key that is a symlink is refused.
+    assert "--no-venv" in install(root, venv=True, rc=2).stderr
+    key.unlink()
+    key.symlink_to(other)
+    assert "symbolic link" in install(root, rc=1).stderr and key.is_symlink()
 
 
 def test_install_copies_a_given_key(short_tmp: Path) -> None:

@@ -22,6 +22,8 @@ from cluster import write_key
 from netns_lab import Lab, available
 from netns_swarm import NetSwarm, try_status
 
+from swarmd.doctor import MDNS_GRACE_S
+
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(available() is not None, reason=str(available()))]
 
 PORT = 7070
@@ -69,8 +71,11 @@ def lab_swarm(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFac
             # ns4 joins through ns1 (mDNS): it cannot reach ns0's port, so it stays degraded.
             swarm.wait_for(lambda: all(joined(i) for i in (0, 1, 3, 4)), "every member to know the others",
                            timeout=240)
-            swarm.wait_for(lambda: all((d := try_status(swarm.sock(i))) is not None and d["uptime_s"] > 20
-                                       for i in range(5)), "mDNS's grace period", timeout=60)
+            def listened(i: int) -> float:  # seconds its mDNS has been up
+                return float(doctor(swarm.sock(i))[1]["facts"]["mdns"].get("uptime_s", 0.0))
+
+            swarm.wait_for(lambda: min(listened(i) for i in range(5)) > MDNS_GRACE_S + 1, "mDNS's grace period",
+                           timeout=90)
             yield swarm
         finally:
             swarm.stop()

@@ -5,16 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from swarmd.doctor import diagnose
+from swarmd.wire.messages import PROTOCOL_VERSION
+
+PROTO = str(PROTOCOL_VERSION)
 
 
 def facts(**over: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "node_id": "me", "state": "serving", "uptime_s": 60.0, "key_id": "k1", "seeds": [],
+        "protocol": PROTOCOL_VERSION,
         "interfaces": [{"name": "lo", "up": True, "loopback": True, "multicast": False, "ipv4": ["127.0.0.1/8"]},
                        {"name": "eth0", "up": True, "loopback": False, "multicast": True, "ipv4": ["10.0.0.5/24"]}],
         "mdns": {"enabled": True, "running": True, "name": "me._swarmd._tcp.local.", "addresses": ["10.0.0.5"],
                  "sightings": [{"node_id": "a", "addresses": ["10.0.0.1"], "port": 7070, "key_id": "k1",
-                                "proto": "3", "age_s": 1.0}]},
+                                "proto": PROTO, "age_s": 1.0}]},
         "members": [{"node_id": "a", "addr": "10.0.0.1:7070", "state": "alive", "mdns": True, "clock_skew_s": 0.01}],
         "probes": [{"addr": "10.0.0.1:7070", "outcome": "ok", "node_id": "a", "rtt_ms": 0.4, "sources": ["mdns"]}],
         "refusals": [], "can_serve": True,
@@ -61,8 +65,8 @@ def test_interface_with_multicast_off() -> None:
 
 
 def test_duplicate_ids_foreign_keys_skew_and_refusals() -> None:
-    sightings = [{"node_id": "me", "addresses": ["10.0.0.9"], "port": 7070, "key_id": "k1", "proto": "3", "age_s": 1},
-                 {"node_id": "x", "addresses": ["10.0.0.7"], "port": 7070, "key_id": "k2", "proto": "3", "age_s": 1}]
+    sightings = [{"node_id": "me", "addresses": ["10.0.0.9"], "port": 7070, "key_id": "k1", "proto": PROTO, "age_s": 1},
+                 {"node_id": "x", "addresses": ["10.0.0.7"], "port": 7070, "key_id": "k2", "proto": PROTO, "age_s": 1}]
     members = [{"node_id": "a", "addr": "10.0.0.1:7070", "state": "alive", "mdns": True, "clock_skew_s": -42.0}]
     refusals = [{"host": "10.0.0.8", "age_s": 5.0, "reason": "auth", "message": "peer holds no key of this swarm"},
                 {"host": "10.0.0.9", "age_s": 9.0, "reason": "incompatible", "message": "peer uses this node's id"},
@@ -90,3 +94,20 @@ def test_dead_member_not_answering_is_only_a_warning() -> None:
 def test_no_full_route_is_a_failure_even_in_the_swarm() -> None:
     doc = diagnose(facts(can_serve=False))
     assert doc["in_swarm"] and not doc["healthy"] and "503" in doc["verdict"]
+
+
+def test_other_release_self_address_and_probes_while_starting() -> None:
+    sightings = [{"node_id": "old", "addresses": ["10.0.0.3"], "port": 7070, "key_id": "k1", "proto": "1",
+                  "age_s": 1.0}]
+    probes = [{"addr": "10.0.0.5:7070", "outcome": "self", "node_id": "me", "sources": ["seed"]}]
+    doc = diagnose(facts(mdns=dict(facts()["mdns"], sightings=sightings), probes=probes))
+    assert any("old at 10.0.0.3" in m and "protocol 1" in m for m in levels(doc, "warn"))
+    assert any("10.0.0.5:7070" in m and "this node itself" in m for m in levels(doc, "ok"))
+    assert not levels(doc, "fail")
+    starting = diagnose(facts(state="starting", probes=[], probes_skipped="still starting"))
+    assert any("not probed" in m for m in levels(starting, "warn")) and not starting["healthy"]
+
+
+def test_mdns_grace_counts_from_discovery_start() -> None:
+    quiet = {"enabled": True, "running": True, "name": "me", "addresses": [], "sightings": [], "uptime_s": 4.0}
+    assert not levels(diagnose(facts(mdns=quiet, uptime_s=900.0)), "fail")  # long load, mDNS just started

@@ -27,7 +27,12 @@ def test_counter_gauge_histogram_round_trip() -> None:
     g.set(-1.5)
     for v in (0.05, 0.1, 0.5, 7.0):
         h.observe(v)
-    got = parse(r.render())
+    text = r.render()
+    # Text format 0.0.4: a TYPE line names its samples exactly (a counter's are <name>_total).
+    assert "# TYPE swarmd:things_total counter" in text and "# TYPE swarmd:wait_seconds histogram" in text
+    types = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert types == {"swarmd:things": "counter", "swarmd:level": "gauge", "swarmd:wait_seconds": "histogram"}
+    got = parse(text)
     assert got['swarmd:things_total|kind=a"b\\c'] == 2 and got["swarmd:things_total|kind=x"] == 1
     assert got["swarmd:level"] == -1.5
     assert got["swarmd:wait_seconds_bucket|le=0.1"] == 2  # le is inclusive

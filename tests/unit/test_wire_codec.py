@@ -46,6 +46,8 @@ EXAMPLES: list[Message] = [
     ServerHello(1, b"k" * 8, b"s" * 32, b"m" * 32),
     ClientAuth(b"m" * 32),
     Hello("node-a", "10.0.0.1:7000", "swarmd/0.1", "tiny-llama", 12, 64, -1, -1, "cpu"),
+    Hello("node-b", "10.0.0.2:7000", "swarmd/0.2", "tiny-llama", 12, 64, 0, 6, "cuda:0", b"i" * 32, b"p" * 64,
+          wall_ms=1_800_000_000_000, mdns=True),
     Ping(2**63 - 1),
     Pong(0),
     SessionOpen("ab" * 16, Hop("e", "10.0.0.9:7000", 0, 0), CHAIN, 1, 128, 5, 10, 0.7, 0.9, 40, 1234, (2, 3)),
