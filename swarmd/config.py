@@ -15,6 +15,11 @@ from .errors import ConfigError
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
+# NVLink multicast (NVLS) stays off in the daemon and every child process: it needs fabric-manager support that
+# shared and virtualised hosts often lack, and a failed multicast setup can hang the first collective.
+NCCL_SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     # Model source: a transformers directory, a .gguf file, "smollm2-135m-instruct" or "random:CONFIG".
@@ -35,6 +40,9 @@ class EngineConfig:
     dtype: str | None = None
     # torch intra-op threads; 0 leaves torch's default.
     threads: int = 0
+    # Devices one span is split over by tensor parallelism (cuda:N, N+1, ... from ``device``; on cpu: processes,
+    # for tests). 1: no tensor parallelism.
+    tensor_parallel: int = 1
     # Memory for weights plus KV cache in bytes, offered to placement; None: half of the available RAM
     # (80% of free GPU memory on cuda) for placement, and kv_default_bytes for the KV cache.
     memory_budget: int | None = None

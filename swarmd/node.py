@@ -15,6 +15,7 @@ from typing import Any
 from . import __version__
 from .api.app import ApiServer, build_app
 from .config import NodeConfig, parse_hostport
+from .device_watch import watch_workers
 from .errors import CapacityError, ConfigError, NotReady
 from .membership.attest import Attestor
 from .membership.placement import PlacementConfig, Plan, place
@@ -171,6 +172,8 @@ class Node:
                 self.state = NodeState.SERVING
                 self._publish()
                 self.notifier.ready(f"serving {self.model_name}")
+                if self.cfg.engine.tensor_parallel > 1:
+                    self._own(watch_workers(self), "device-watch")
                 if (watchdog_s := self.notifier.watchdog_interval) is not None:
                     self._own(run_watchdog(self.notifier, watchdog_s), "watchdog")
                 log.info("node %s serving %s; api %s, peers on %s", self.node_id, self.model_name,
@@ -205,7 +208,8 @@ class Node:
         self._load_progress = "calibrating"
         self.profile = await asyncio.to_thread(profile_model, loaded.config, self.cfg.engine)
         if self.memory_budget is None:
-            self.memory_budget = await asyncio.to_thread(default_memory_budget, self.cfg.engine.device)
+            self.memory_budget = await asyncio.to_thread(default_memory_budget, self.cfg.engine.device,
+                                                         self.cfg.engine.tensor_parallel)
         self.placer = Placer(self.node_id, self.host, loaded.num_layers, self.cfg.net.settle_s, self._plan,
                              self.routing.holders, self._load_span, self._publish, lambda: self.accepting)
         if span is not None:
@@ -366,7 +370,7 @@ class Node:
         health = self.state.value if self.accepting else "draining"
         return NodeMeta(
             __version__, PROTOCOL_VERSION, self.model_name, self.loaded.num_layers if self.loaded else 0,
-            self.cfg.engine.device, int(self.memory_budget or 0), p.dtype_bytes if p else 0,
+            self.device_label, int(self.memory_budget or 0), p.dtype_bytes if p else 0,
             float(p.seconds_per_layer) if p else 0.0, spans, self.host.session_count, self.host.queue_depth,
             health, self.pinned, self.trust.published(time.monotonic()), self.safety.published_bans(),
         )
@@ -426,7 +430,7 @@ class Node:
         return Hello(
             self.node_id, self.swim_addr or advertised, __version__, self.model_name,
             int(cfg.num_hidden_layers) if cfg is not None else 0, int(cfg.hidden_size) if cfg is not None else 0,
-            span[0], span[1], self.cfg.engine.device, wall_ms=int(time.time() * 1000),
+            span[0], span[1], self.device_label, wall_ms=int(time.time() * 1000),
             mdns=self.discovery is not None and self.discovery.registered,
         )
 
@@ -470,6 +474,12 @@ class Node:
         """The engine of this node's newest serving span (None when it serves none)."""
         slot = self.host.primary()
         return slot.engine if slot is not None else None
+
+    @property
+    def device_label(self) -> str:
+        """What peers see of this node's device: ``cuda:0`` or, tensor-parallel, ``cuda:0 tp=2``."""
+        tp = self.cfg.engine.tensor_parallel
+        return self.cfg.engine.device + (f" tp={tp}" if tp > 1 else "")
 
     @property
     def span(self) -> LayerSpan | None:

@@ -68,6 +68,13 @@ def _rate(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ConfigError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Option:
     flag: str  # "--memory-budget"
@@ -94,6 +101,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--device", "engine", "device", str, "cpu, cuda or cuda:N"),
     Option("--dtype", "engine", "dtype", _dtype, "float32, bfloat16 or float16"),
     Option("--threads", "engine", "threads", int, "torch threads (0: torch's default)"),
+    Option("--tensor-parallel", "engine", "tensor_parallel", _positive,
+           "split each span over this many GPUs of this node (cuda:N, N+1, ...; 1: off)"),
     Option("--memory-budget", "engine", "memory_budget", parse_size, "bytes for weights + KV cache, e.g. 4GiB"),
     Option("--kv-budget", "engine", "kv_default_bytes", parse_size, "KV cache bytes when no memory budget"),
     Option("--kv-wait", "engine", "kv_wait_s", float, "seconds a session waits for KV memory before 503"),

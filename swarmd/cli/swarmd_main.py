@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import NodeConfig
+from ..config import NCCL_SAFE_ENV, NodeConfig
 from ..errors import SwarmdError
 from ..keys import find_key, read_key_file
 from ..wire.crypto import Keyring
@@ -29,6 +29,7 @@ def _environment_defaults() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.update(NCCL_SAFE_ENV)  # always, not a default: inherited by tensor-parallel workers too
 
 
 async def _amain(cfg: NodeConfig, keyring: Keyring | None) -> None:

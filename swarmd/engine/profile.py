@@ -87,18 +87,23 @@ def profile_model(config: Any, engine_cfg: EngineConfig, steps: int = 12, contex
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
     spl = statistics.median(times[2:] if len(times) > 4 else times)
+    if engine_cfg.tensor_parallel > 1 and device.type == "cuda":
+        # Measured on one device; a layer split over N runs about N times faster (less its all-reduces).
+        # Placement only compares nodes, so the estimate is enough; scripts/bench_tp.py measures the truth.
+        spl /= engine_cfg.tensor_parallel
     del stage, cache, layer, skeleton
     log.info("calibration: %.3f ms per layer per token on %s; %.1f MB per layer", spl * 1e3, device,
              layer_params * item / 1e6)
     return ModelProfile(spl, layer_params, embed_params, head_params, kv, item)
 
 
-def default_memory_budget(device: str) -> int:
-    """Memory offered to placement when ``--memory-budget`` is not given: 80% of the GPU's free memory,
-    or half of the memory the kernel reports available on a CPU node."""
+def default_memory_budget(device: str, tensor_parallel: int = 1) -> int:
+    """Memory offered to placement when ``--memory-budget`` is not given: 80% of the GPU's free memory (of
+    every GPU a tensor-parallel span uses), or half of the memory the kernel reports available on a CPU node."""
     dev = torch.device(device)
     if dev.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(dev)
+        first = dev.index or 0
+        free = sum(torch.cuda.mem_get_info(torch.device("cuda", first + r))[0] for r in range(tensor_parallel))
         return int(free * 0.8)
     try:
         with open("/proc/meminfo", encoding="ascii") as f:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -92,7 +93,15 @@ def load_stage(
     loaded: LoadedModel, model_cfg: ModelConfig, engine_cfg: EngineConfig, span: LayerSpan,
     progress: Progress | None = None,
 ) -> StageModel:
-    """Blocking: load the weights of ``span`` only. Run off the loop."""
+    """Blocking: load the weights of ``span`` only. Run off the loop. With ``tensor_parallel`` > 1 the span
+    is split over that many devices (``tp_stage.TPStage``: worker processes for ranks 1..N-1)."""
+    if engine_cfg.tensor_parallel > 1:
+        from .tp_stage import TPStage
+
+        def rank0(cfg: EngineConfig) -> StageModel:
+            return load_stage(loaded, model_cfg, dataclasses.replace(cfg, tensor_parallel=1), span, progress)
+
+        return TPStage.start(rank0, model_cfg, engine_cfg, span, engine_cfg.tensor_parallel)  # type: ignore[return-value]
     device = torch.device(engine_cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {engine_cfg.device} requested but CUDA is not available")
@@ -417,3 +426,6 @@ class Engine:
         for sid in list(self._sessions):
             await self.close_session(sid)
         self._executor.shutdown(wait=True, cancel_futures=True)
+        close = getattr(self.stage, "close", None)  # a tensor-parallel span stops its worker processes
+        if close is not None:
+            await asyncio.to_thread(close)
