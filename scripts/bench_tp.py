@@ -34,6 +34,16 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from bench_gpu import complete, pct, reference, request, stream_times  # noqa: E402
 
+DEVICE = os.environ.get("SWARMD_BENCH_DEVICE", "cuda:0")  # "cpu": a smoke test of this script (Gloo ranks)
+TTFT_TOKENS = int(os.environ.get("SWARMD_BENCH_TTFT", "2048"))  # smaller for a smoke test's tiny context
+
+
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
 
 def greedy(stage, prompt: list[int], n: int):  # type: ignore[no-untyped-def]
     """Token ids, per-step logits margins (top1 - top2) and decode ms/token of one session."""
@@ -50,10 +60,10 @@ def greedy(stage, prompt: list[int], n: int):  # type: ignore[no-untyped-def]
         top = torch.topk(logits, 2)
         toks.append(int(top.indices[0]))
         margins.append(float(top.values[0] - top.values[1]))
-        torch.cuda.synchronize()
+        sync()
         t = time.perf_counter()
         logits = stage.forward_batch([Row(torch.tensor([toks[-1]]), pos, cache)])[0]
-        torch.cuda.synchronize()
+        sync()
         times.append(1000 * (time.perf_counter() - t))
         pos += 1
     pool.release(cache)
@@ -70,12 +80,12 @@ def batched_tps(stage, vocab: int, sessions: int, n: int) -> float:  # type: ign
     caches = [pool.allocate(128 + n + 1) for _ in range(sessions)]
     stage.forward_batch([Row(torch.randint(0, vocab, (128,), generator=gen), 0, c, logits=False) for c in caches])
     tok = [torch.randint(0, vocab, (1,), generator=gen) for _ in caches]
-    torch.cuda.synchronize()
+    sync()
     t = time.perf_counter()
     for i in range(n):
         outs = stage.forward_batch([Row(x, 128 + i, c) for x, c in zip(tok, caches, strict=True)])
         tok = [o.argmax().view(1).cpu() for o in outs]
-    torch.cuda.synchronize()
+    sync()
     for c in caches:
         pool.release(c)
     return sessions * n / (time.perf_counter() - t)
@@ -89,7 +99,7 @@ def engine_level(model: str, tokens: int, prompts: int) -> dict[str, object]:
     from swarmd.types import LayerSpan
 
     model_cfg = ModelConfig(source=model, cache_dir=Path(tempfile.mkdtemp(prefix="swtp-")))
-    loaded = load_meta(model_cfg, EngineConfig(device="cuda:0"))
+    loaded = load_meta(model_cfg, EngineConfig(device=DEVICE))
     span = LayerSpan(0, loaded.num_layers, loaded.num_layers)
     vocab = int(loaded.config.vocab_size)
     out: dict[str, object] = {}
@@ -97,8 +107,8 @@ def engine_level(model: str, tokens: int, prompts: int) -> dict[str, object]:
     rng = torch.Generator().manual_seed(0)
     prompt_ids = [torch.randint(0, vocab, (64,), generator=rng).tolist() for _ in range(prompts)]
     for tp in (1, 2):
-        stage = load_stage(loaded, model_cfg, EngineConfig(device="cuda:0", dtype="bfloat16", tensor_parallel=tp),
-                           span)
+        dtype = "bfloat16" if DEVICE != "cpu" else "float32"
+        stage = load_stage(loaded, model_cfg, EngineConfig(device=DEVICE, dtype=dtype, tensor_parallel=tp), span)
         greedy(stage, prompt_ids[0], 8)  # warm-up
         runs[tp] = [greedy(stage, p, tokens) for p in prompt_ids]
         out[f"tp{tp}_decode_ms"] = statistics.median(r[2] for r in runs[tp])
@@ -106,7 +116,8 @@ def engine_level(model: str, tokens: int, prompts: int) -> dict[str, object]:
         if tp == 2:
             stage.close()
         del stage
-        torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     same, diverged = 0, []
     for (a, margins, _), (b, margins2, _) in zip(runs[1], runs[2], strict=True):
         if a == b:
@@ -129,7 +140,7 @@ def daemon_level(model: str, tp: int, tokens: int, vocab: int) -> dict[str, obje
     key.write_text(generate_key() + "\n")
     key.chmod(0o600)
     sock = str(root / "n.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "swarmd.cli.swarmd_main", "--model", model, "--device", "cuda:0",
+    proc = subprocess.Popen([sys.executable, "-m", "swarmd.cli.swarmd_main", "--model", model, "--device", DEVICE,
                              "--tensor-parallel", str(tp), "--layers", "auto", "--listen", "127.0.0.1:0",
                              "--node-id", f"tp{tp}", "--socket", sock, "--key-file", str(key), "--no-mdns",
                              "--kv-budget", "16GiB"],
@@ -149,7 +160,7 @@ def daemon_level(model: str, tp: int, tokens: int, vocab: int) -> dict[str, obje
             time.sleep(0.5)
         stream_times(sock, [rng.randrange(vocab) for _ in range(16)], 4)
         out["ttft_2048_ms"] = 1000 * min(
-            (lambda s: s[1] - s[0])(stream_times(sock, [rng.randrange(vocab) for _ in range(2048)], 1))
+            (lambda s: s[1] - s[0])(stream_times(sock, [rng.randrange(vocab) for _ in range(TTFT_TOKENS)], 1))
             for _ in range(3))
         gaps: list[float] = []
         for _ in range(3):
@@ -192,7 +203,8 @@ def main() -> None:
 
     preset = args.model.removeprefix("random:")
     vocab = int(RANDOM_PRESETS[preset]["vocab_size"])
-    res: dict[str, object] = {"model": args.model, "gpu": torch.cuda.get_device_name(0),
+    res: dict[str, object] = {"model": args.model,
+                              "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
                               "gpus": torch.cuda.device_count(), "tokens": args.tokens}
     out = Path(args.out)
 
@@ -201,7 +213,7 @@ def main() -> None:
 
     res["engine"] = engine_level(args.model, args.tokens, args.prompts)
     save()
-    res["generate"] = reference(preset, args.tokens)
+    res["generate"] = reference(preset, args.tokens) if DEVICE != "cpu" else {"decode_ms": 1.0}
     save()
     for tp in (1, 2):
         try:

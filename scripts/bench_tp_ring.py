@@ -29,6 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench_gpu import request, stream_times  # noqa: E402
 
 CONCURRENCY = (1, 16, 64)
+DEVICE = os.environ.get("SWARMD_BENCH_DEVICE")  # "cpu": a smoke test of this script (Gloo ranks)
+TTFT_LONG = int(os.environ.get("SWARMD_BENCH_TTFT", "2048"))
 
 
 def free_port() -> int:
@@ -48,17 +50,19 @@ def start(root: Path, model: str, nodes: int, tp: int, layers: int) -> list[subp
     procs = []
     for i in range(nodes):
         peers = [x for j, p in enumerate(ports) if j != i for x in ("--peer", f"127.0.0.1:{p}")]
-        args = [sys.executable, "-m", "swarmd.cli.swarmd_main", "--model", model, "--device", f"cuda:{i * tp}",
+        device = DEVICE or f"cuda:{i * tp}"
+        args = [sys.executable, "-m", "swarmd.cli.swarmd_main", "--model", model, "--device", device,
                 "--tensor-parallel", str(tp), "--layers", f"{cuts[i]}:{cuts[i + 1]}", "--listen",
                 f"127.0.0.1:{ports[i]}", "--node-id", f"n{i}", "--socket", str(root / f"n{i}.sock"), "--key-file",
-                str(key), "--no-mdns", "--gossip", "local", "--seconds-per-layer", "0.0005", "--kv-budget", "24GiB",
+                str(key), "--no-mdns", "--seconds-per-layer", "0.0005", "--kv-budget", "24GiB",
                 "--step-timeout", "300", *peers]
         procs.append(subprocess.Popen(args, stdout=open(root / f"n{i}.log", "wb"), stderr=subprocess.STDOUT,
                                       cwd=REPO))
     deadline = time.monotonic() + 500
     while True:
         try:
-            if request(str(root / "n0.sock"), "GET", "/health")[0] == 200:
+            if all(request(str(root / f"n{i}.sock"), "GET", "/health")[0] == 200 for i in range(nodes)):
+                time.sleep(2)  # every link up, not only the gossip
                 return procs
         except OSError:
             pass
@@ -81,8 +85,8 @@ def measure(model: str, nodes: int, tp: int, layers: int, vocab: int, tokens: in
     sock = str(root / "n0.sock")
     try:
         stream_times(sock, [rng.randrange(vocab) for _ in range(16)], 4)
-        for n in (128, 2048):
-            out[f"ttft_{n}_ms"] = 1000 * min(
+        for n in (128, TTFT_LONG):
+            out[f"ttft_{min(n, 2048)}_ms"] = 1000 * min(
                 (lambda s: s[1] - s[0])(stream_times(sock, [rng.randrange(vocab) for _ in range(n)], 1))
                 for _ in range(2))
         for b in CONCURRENCY:
@@ -125,7 +129,8 @@ def main() -> None:
 
     preset = RANDOM_PRESETS[args.model.removeprefix("random:")]
     layers, vocab = int(preset["num_hidden_layers"]), int(preset["vocab_size"])
-    res: dict[str, object] = {"model": args.model, "gpu": torch.cuda.get_device_name(0),
+    res: dict[str, object] = {"model": args.model,
+                              "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
                               "gpus": torch.cuda.device_count(), "tokens": args.tokens, "rows": {}}
     rows: dict[str, dict[str, object]] = res["rows"]  # type: ignore[assignment]
     out = Path(args.out)
