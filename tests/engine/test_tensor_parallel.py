@@ -134,3 +134,23 @@ def test_daemon_with_two_ranks_answers_like_generate_and_exits_when_a_worker_die
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_plan_fallback_divisibility_and_devices() -> None:
+    from types import SimpleNamespace
+
+    from swarmd.engine.tensor_parallel import DEFAULT_PLAN, check_divisible
+    from swarmd.engine.tp_stage import rank_devices
+    from swarmd.errors import ConfigError
+
+    assert layer_plan(SimpleNamespace()) == DEFAULT_PLAN  # no plan in the config: the Llama family's
+    with pytest.raises(ConfigError, match="unsupported TP plan style"):
+        layer_plan(SimpleNamespace(base_model_tp_plan={"layers.*.mlp.up_proj": "sequence_parallel"}))
+    cfg = SimpleNamespace(num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336)
+    check_divisible(cfg, 2)
+    check_divisible(cfg, 8)
+    with pytest.raises(ConfigError, match="key/value heads"):
+        check_divisible(cfg, 16)
+    assert rank_devices("cpu", 3) == ["cpu", "cpu", "cpu"]
+    if not torch.cuda.is_available():
+        assert rank_devices("cuda:2", 2) == ["cuda:2", "cuda:3"]
