@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -165,6 +166,26 @@ def start_ring(root: Path, model: str, gpus: int, layers: int, threads: int = 0)
         time.sleep(0.5)
 
 
+def concurrent_tps(sock: str, sessions: int, tokens: int, vocab: int, rng: Any) -> float:
+    """Generated tokens per second of ``sessions`` greedy completions (128-token prompts) run at once."""
+    done: list[int] = []
+
+    def one() -> None:
+        prompt = [rng.randrange(vocab) for _ in range(128)]
+        status, body = request(sock, "POST", "/v1/completions", {"prompt": prompt, "max_tokens": tokens,
+                                                                 "temperature": 0})
+        assert status == 200, body[:300]
+        done.append(int(json.loads(body)["usage"]["completion_tokens"]))
+
+    threads = [threading.Thread(target=one) for _ in range(sessions)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return sum(done) / (time.perf_counter() - t)
+
+
 def complete(sock: str, prompt: list[int], tokens: int) -> str:
     status, body = request(sock, "POST", "/v1/completions", {"prompt": prompt, "max_tokens": tokens, "temperature": 0})
     assert status == 200, body[:300]
@@ -216,22 +237,7 @@ def ring(model: str, gpus: int, layers: int, vocab: int, tokens: int, threads: i
         out["decode_ms"] = statistics.median(gaps)
         out["decode_p99_ms"] = pct(gaps, 0.99)
         for b in CONCURRENCY:
-            done: list[int] = []
-
-            def one(done: list[int] = done) -> None:
-                prompt = [rng.randrange(vocab) for _ in range(128)]
-                status, body = request(sock, "POST", "/v1/completions",
-                                       {"prompt": prompt, "max_tokens": tokens, "temperature": 0})
-                assert status == 200, body[:300]
-                done.append(int(json.loads(body)["usage"]["completion_tokens"]))
-
-            threads = [threading.Thread(target=one) for _ in range(b)]
-            t = time.perf_counter()
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
-            out[f"tps_{b}"] = sum(done) / (time.perf_counter() - t)
+            out[f"tps_{b}"] = concurrent_tps(sock, b, tokens, vocab, rng)
         out.update(batch_agreement(sock, vocab, tokens))
     finally:
         for p in procs:

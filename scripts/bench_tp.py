@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from bench_gpu import complete, pct, reference, request, stream_times  # noqa: E402
+from bench_gpu import concurrent_tps, pct, reference, request, stream_times  # noqa: E402
 
 DEVICE = os.environ.get("SWARMD_BENCH_DEVICE", "cuda:0")  # "cpu": a smoke test of this script (Gloo ranks)
 TTFT_TOKENS = int(os.environ.get("SWARMD_BENCH_TTFT", "2048"))  # smaller for a smoke test's tiny context
@@ -168,19 +167,7 @@ def daemon_level(model: str, tp: int, tokens: int, vocab: int) -> dict[str, obje
             gaps += [1000 * (b - a) for a, b in zip(stamps[2:], stamps[3:], strict=False)]
         out["decode_ms"] = statistics.median(gaps)
         out["decode_p99_ms"] = pct(gaps, 0.99)
-        done: list[int] = []
-
-        def one() -> None:
-            text = complete(sock, [rng.randrange(vocab) for _ in range(128)], tokens)
-            done.append(len(text))
-
-        threads = [threading.Thread(target=one) for _ in range(16)]
-        t = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        out["tps_16"] = 16 * tokens / (time.perf_counter() - t)  # max_tokens each (random weights rarely stop)
+        out["tps_16"] = concurrent_tps(sock, 16, tokens, vocab, rng)
     finally:
         proc.terminate()
         try:

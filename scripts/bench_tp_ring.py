@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench_gpu import request, stream_times  # noqa: E402
+from bench_gpu import concurrent_tps, request, stream_times  # noqa: E402
 
 CONCURRENCY = (1, 16, 64)
 DEVICE = os.environ.get("SWARMD_BENCH_DEVICE")  # "cpu": a smoke test of this script (Gloo ranks)
@@ -90,22 +89,7 @@ def measure(model: str, nodes: int, tp: int, layers: int, vocab: int, tokens: in
                 (lambda s: s[1] - s[0])(stream_times(sock, [rng.randrange(vocab) for _ in range(n)], 1))
                 for _ in range(2))
         for b in CONCURRENCY:
-            done: list[int] = []
-
-            def one(done: list[int] = done) -> None:
-                status, body = request(sock, "POST", "/v1/completions",
-                                       {"prompt": [rng.randrange(vocab) for _ in range(128)], "max_tokens": tokens,
-                                        "temperature": 0})
-                assert status == 200, body[:300]
-                done.append(int(json.loads(body)["usage"]["completion_tokens"]))
-
-            threads = [threading.Thread(target=one) for _ in range(b)]
-            t = time.perf_counter()
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
-            out[f"tps_{b}"] = sum(done) / (time.perf_counter() - t)
+            out[f"tps_{b}"] = concurrent_tps(sock, b, tokens, vocab, rng)
     finally:
         for p in procs:
             p.terminate()

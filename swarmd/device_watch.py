@@ -39,16 +39,17 @@ async def watch_workers(node: Node) -> None:
         log.error("tensor-parallel worker lost: %s. This node leaves the swarm and exits (%d) so that its spans "
                   "fail over; its engine thread may be stuck in a collective, so no drain is attempted",
                   "; ".join(lost), EXIT_DEVICE_LOST)
-        node.notifier.stopping()
-        for slot in list(node.host.slots.values()):
-            for proc in getattr(getattr(slot.engine, "stage", None), "procs", []):
-                proc.kill()
-        if node.membership is not None:
-            try:
+        try:
+            node.notifier.stopping()
+            for slot in list(node.host.slots.values()):
+                for proc in getattr(getattr(slot.engine, "stage", None), "procs", []):
+                    proc.kill()
+            if node.membership is not None:
                 async with asyncio.timeout(LEAVE_TIMEOUT_S):
                     await node.membership.stop(leave=True)
-            except (TimeoutError, OSError) as exc:
-                log.warning("leave announcement incomplete: %s", exc)
-        node.cfg.api.socket.unlink(missing_ok=True)
-        logging.shutdown()
-        os._exit(EXIT_DEVICE_LOST)
+        except BaseException as exc:  # noqa: BLE001 - the exit below happens whatever the leave did
+            log.warning("leave announcement incomplete: %r", exc)
+        finally:
+            node.cfg.api.socket.unlink(missing_ok=True)
+            logging.shutdown()
+            os._exit(EXIT_DEVICE_LOST)

@@ -163,6 +163,8 @@ class Node:
     async def run(self, stop_event: asyncio.Event) -> None:
         self._stop_event = stop_event
         await self.api.start()
+        if self.cfg.engine.tensor_parallel > 1:  # from the first span on: a pinned one is served while starting
+            self._own(watch_workers(self), "device-watch")
         try:
             start = asyncio.create_task(self._start(), name="swarmd-start")
             stopper = asyncio.create_task(stop_event.wait(), name="swarmd-stop-wait")
@@ -172,8 +174,6 @@ class Node:
                 self.state = NodeState.SERVING
                 self._publish()
                 self.notifier.ready(f"serving {self.model_name}")
-                if self.cfg.engine.tensor_parallel > 1:
-                    self._own(watch_workers(self), "device-watch")
                 if (watchdog_s := self.notifier.watchdog_interval) is not None:
                     self._own(run_watchdog(self.notifier, watchdog_s), "watchdog")
                 log.info("node %s serving %s; api %s, peers on %s", self.node_id, self.model_name,
@@ -326,6 +326,7 @@ class Node:
 
         self.host.loading(span)
         self._publish()
+        stage: Any = None
         try:
             layer_span = LayerSpan(span[0], span[1], self.loaded.num_layers)
             stage = await asyncio.to_thread(load_stage, self.loaded, self.cfg.model, self.cfg.engine, layer_span,
@@ -338,6 +339,8 @@ class Node:
         except BaseException:
             self.host.slots.pop(span, None)
             self._publish()
+            if stage is not None and hasattr(stage, "close"):  # a tensor-parallel span's worker processes
+                await asyncio.to_thread(stage.close)
             raise
         self.loaded.stage = stage
         engine = Engine(stage, self.cfg.engine, kv_bytes)

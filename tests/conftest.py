@@ -34,3 +34,14 @@ def short_tmp() -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture()
+def key_file(short_tmp: Path) -> Path:
+    """A fresh swarm key file, mode 0600."""
+    from swarmd.keys import generate_key
+
+    path = short_tmp / "swarm.key"
+    path.write_text(generate_key() + "\n")
+    path.chmod(0o600)
+    return path

@@ -59,6 +59,14 @@ def sliding_windows(config: object, span: LayerSpan) -> list[int | None]:
     return out
 
 
+def check_rows(rows: list[Row]) -> None:
+    """What can refuse a batch before any work: two steps of one session, a step outside its cache."""
+    if len({id(r.cache) for r in rows}) != len(rows):
+        raise InvalidRequest("a batch holds two steps of one session")
+    for r in rows:
+        r.cache.check_step(r.start_pos, r.n)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -181,10 +189,7 @@ class StageModel:
         """
         if not rows:
             return []
-        if len({id(r.cache) for r in rows}) != len(rows):
-            raise InvalidRequest("a batch holds two steps of one session")
-        for r in rows:
-            r.cache.check_step(r.start_pos, r.n)
+        check_rows(rows)
         pool = rows[0].cache.pool
         plan = plan_step(rows, self.device)
         flat = [rows[i].x for i in plan.order]

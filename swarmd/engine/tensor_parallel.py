@@ -31,8 +31,9 @@ DEFAULT_PLAN = {
     "self_attn.o_proj": "rowwise", "mlp.gate_proj": "colwise", "mlp.up_proj": "colwise",
     "mlp.down_proj": "rowwise",
 }
-STYLES = {"colwise": "colwise", "local_colwise": "colwise", "colwise_rep": "colwise",
-          "rowwise": "rowwise", "local_rowwise": "rowwise", "rowwise_rep": "rowwise"}
+STYLES = {"colwise": "colwise", "local_colwise": "colwise", "rowwise": "rowwise", "local_rowwise": "rowwise"}
+# Kept whole on every rank (e.g. Qwen3's per-head q_norm/k_norm, which act on head_dim only).
+REPLICATED = {"replicate", "replicated", "replicated_with_grad_allreduce", "local"}
 SAFE_NCCL_ENV = NCCL_SAFE_ENV
 
 
@@ -46,9 +47,9 @@ def layer_plan(config: object) -> dict[str, str]:
     raw = getattr(config, "base_model_tp_plan", None) or {}
     plan: dict[str, str] = {}
     for pattern, style in raw.items():
-        if not pattern.startswith("layers.*."):
-            continue  # embeddings, norms, the head: kept whole
-        if style not in STYLES:
+        if not pattern.startswith("layers.*.") or style in REPLICATED:
+            continue  # embeddings, norms, the head, replicated modules: kept whole
+        if style not in STYLES:  # e.g. colwise_rep (gathers its output), sequence parallel: not supported
             raise ConfigError(f"tensor parallelism: unsupported TP plan style {style!r} for {pattern}")
         plan[pattern.removeprefix("layers.*.")] = STYLES[style]
     return plan or dict(DEFAULT_PLAN)

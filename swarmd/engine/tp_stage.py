@@ -25,10 +25,10 @@ import msgpack
 import torch
 
 from ..config import EngineConfig, ModelConfig
-from ..errors import ConfigError, InvalidRequest
+from ..errors import ConfigError
 from ..types import LayerSpan
 from .kv_cache import PAGE_TOKENS, KVCache, KVPool
-from .stage import AttentionShape, StageModel
+from .stage import AttentionShape, StageModel, check_rows
 from .step_plan import Row
 from .tensor_parallel import (
     SAFE_NCCL_ENV,
@@ -110,6 +110,7 @@ class TPStage:
         self.procs = procs
         self.conns = conns
         self.pool: MirroredPool | None = None
+        self.broken = ""  # why the ranks can no longer be trusted to be in step (reported by dead())
         self._store: Any = None  # the rendezvous, kept as long as the group
 
     def __getattr__(self, name: str) -> Any:
@@ -158,8 +159,9 @@ class TPStage:
         return stage
 
     def dead(self) -> list[str]:
-        """Workers that exited (the node cannot go on with this span)."""
-        return [f"{p.name} (exit {p.exitcode})" for p in self.procs if not p.is_alive()]
+        """Workers that exited, or ranks out of step (the node cannot go on with this span)."""
+        lost = [f"{p.name} (exit {p.exitcode})" for p in self.procs if not p.is_alive()]
+        return lost + ([f"rank 0 ({self.broken})"] if self.broken else [])
 
     def close(self) -> None:
         for conn in self.conns:
@@ -169,8 +171,9 @@ class TPStage:
                 pass
         for p in self.procs:
             p.join(5)
-            if p.is_alive():
+            if p.is_alive():  # stuck in a collective (rank 0 broke off a step): it cannot stop by itself
                 p.kill()
+                p.join(5)
 
     # --- what the engine calls ----------------------------------------------------------------------
 
@@ -192,10 +195,7 @@ class TPStage:
             return []
         # Every check that can refuse the step runs before the workers hear of it: once they have, the
         # ranks must run the forward together.
-        if len({id(r.cache) for r in rows}) != len(rows):
-            raise InvalidRequest("a batch holds two steps of one session")
-        for r in rows:
-            r.cache.check_step(r.start_pos, r.n)
+        check_rows(rows)
         freed: list[int] = []
         if self.pool is not None:
             freed, self.pool.released = self.pool.released, []
@@ -203,20 +203,34 @@ class TPStage:
             "op": "step", "free": freed,
             "rows": [[r.cache.ident, r.cache.pages, r.start_pos, r.n] for r in rows],  # type: ignore[attr-defined]
         }
+        x = None
         if self.inner.embed is not None:
             desc["ids"] = [int(t) for r in rows for t in r.x.tolist()]
-            self._send(desc)
         else:
             x = torch.cat([r.x for r in rows]) if len(rows) > 1 else rows[0].x
             x = x.to(device=self.inner.device, dtype=self.inner.dtype).contiguous()
-            self._send(desc)
-            self.group.broadcast(x)
-            sliced, at = [], 0
-            for r in rows:
-                sliced.append(Row(x[at: at + r.n], r.start_pos, r.cache, r.logits))
-                at += r.n
-            rows = sliced
-        return self.inner.forward_batch(rows)
+        self._send(desc)
+        try:  # the workers run this step now: rank 0 must too, or the ranks are out of step for good
+            if x is not None:
+                self.group.broadcast(x)
+                sliced, at = [], 0
+                for r in rows:
+                    sliced.append(Row(x[at: at + r.n], r.start_pos, r.cache, r.logits))
+                    at += r.n
+                rows = sliced
+            return self.inner.forward_batch(rows)
+        except BaseException as exc:
+            self.broken = f"{type(exc).__name__}: {exc}"[:300]
+            raise
+
+    def forward(self, inputs: torch.Tensor, start_pos: int, cache: KVCache) -> torch.Tensor:
+        """One step of one session (tools and tests), through every rank."""
+        out = self.forward_batch([Row(inputs[0], start_pos, cache)])[0]
+        assert out is not None
+        return out.unsqueeze(0) if self.inner.lm_head is not None else out
+
+    def new_cache(self, capacity: int) -> KVCache:
+        return self.new_pool(-(-capacity // PAGE_TOKENS)).allocate(capacity)
 
     def _send(self, msg: dict[str, Any]) -> None:
         body = msgpack.packb(msg)
@@ -224,10 +238,27 @@ class TPStage:
             conn.send_bytes(body)
 
 
+def _die_with_parent() -> None:
+    """A worker never outlives rank 0 (kill -9 included), and leaves signals to it: Ctrl-C or SIGTERM reach
+    the daemon, which drains and then stops its workers."""
+    import ctypes
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if os.getppid() == 1:  # rank 0 died before the prctl
+        os._exit(1)
+
+
 def worker_main(conn: Connection, port: int, rank: int, world: int, model_cfg: ModelConfig,
                 engine_cfg: EngineConfig, span: tuple[int, int]) -> None:
     """Ranks 1..N-1: load, shard, then mirror rank 0's steps until told to stop (or the pipe closes)."""
     os.environ.update(SAFE_NCCL_ENV)
+    _die_with_parent()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s tp{rank}: %(message)s")
     from .runtime import load_meta, load_stage
 

@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 from helpers import shared_cache_dir, uds_client
 
-from swarmd.keys import generate_key
-
 pytestmark = pytest.mark.daemon
 
 
@@ -59,14 +57,6 @@ class Daemon:
             self.proc.kill()
         self.proc.wait(10)
         self.notify.close()
-
-
-@pytest.fixture()
-def key_file(short_tmp: Path) -> Path:
-    path = short_tmp / "swarm.key"
-    path.write_text(generate_key() + "\n")
-    path.chmod(0o600)
-    return path
 
 
 def test_ready_status_chat_and_sigterm_drain(short_tmp: Path, key_file: Path,

@@ -68,14 +68,6 @@ class NotifyListener:
         self.sock.close()
 
 
-@pytest.fixture()
-def key_file(short_tmp: Path) -> Path:
-    path = short_tmp / "swarm.key"
-    path.write_text(generate_key() + "\n")
-    path.chmod(0o600)
-    return path
-
-
 def test_notify_sequence_ready_watchdog_stopping(short_tmp: Path, key_file: Path,
                                                  tiny_models: dict[str, Path]) -> None:
     notify = NotifyListener(short_tmp / "notify.sock")

@@ -83,6 +83,16 @@ def test_split_span_computes_what_the_whole_span_computes(tiny_models: dict[str,
         out = run(split, [prompts[0]], [again], [0])
         ref = run(whole, [prompts[0]], [pools[0].allocate(40)], [0])
         torch.testing.assert_close(out[0], ref[0], rtol=1e-4, atol=1e-4)
+        # Rank 0 failing after the workers were told: the span reports itself broken (the node then exits).
+        assert split.dead() == []
+
+        def fail(rows: list[Row]) -> list[torch.Tensor | None]:
+            raise RuntimeError("device error")
+
+        split.inner.forward_batch = fail  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError):
+            run(split, [step[0]], [again], [7])
+        assert split.dead() == ["rank 0 (RuntimeError: device error)"]
     finally:
         split.close()
     assert not any(p.is_alive() for p in split.procs)
@@ -146,6 +156,12 @@ def test_plan_fallback_divisibility_and_devices() -> None:
     assert layer_plan(SimpleNamespace()) == DEFAULT_PLAN  # no plan in the config: the Llama family's
     with pytest.raises(ConfigError, match="unsupported TP plan style"):
         layer_plan(SimpleNamespace(base_model_tp_plan={"layers.*.mlp.up_proj": "sequence_parallel"}))
+    with pytest.raises(ConfigError, match="colwise_rep"):  # gathers its output: not a plain column split
+        layer_plan(SimpleNamespace(base_model_tp_plan={"layers.*.mlp.up_proj": "colwise_rep"}))
+    from transformers import Qwen3Config
+
+    qwen3 = layer_plan(Qwen3Config())  # per-head q/k norms are replicated: kept whole
+    assert qwen3 == DEFAULT_PLAN
     cfg = SimpleNamespace(num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336)
     check_divisible(cfg, 2)
     check_divisible(cfg, 8)
