@@ -4,8 +4,9 @@ Rank 0 is the node's engine: ``TPStage`` wraps its (sharded) ``StageModel`` and 
 Ranks 1..N-1 are child processes (``spawn``) that ``TPStage.start`` creates, one per device; each loads
 the span, keeps its shard and mirrors rank 0's KV pool page for page. Before every batched forward rank 0
 sends the step's rows (cache pages, positions, lengths; token ids when the span embeds) over a pipe as
-msgpack, and hidden-state inputs by a broadcast; then every rank runs the same forward and the ranks meet
-at each layer's all-reduces. Workers compute no logits: rank 0 holds the whole LM head.
+JSON (local IPC between our own processes; msgpack stays the wire codec's) and hidden-state inputs by a
+broadcast; then every rank runs the same forward and the ranks meet at each layer's all-reduces. Workers
+compute no logits: rank 0 holds the whole LM head.
 
 A worker that dies cannot be waited out (a collective would block for ever): ``dead()`` reports it and
 the node leaves the swarm and exits (node.py), so its spans fail over to replicas.
@@ -14,6 +15,7 @@ the node leaves the swarm and exits (node.py), so its spans fail over to replica
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -21,7 +23,6 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-import msgpack
 import torch
 
 from ..config import EngineConfig, ModelConfig
@@ -44,6 +45,10 @@ from .tensor_parallel import (
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 600.0  # every rank loads its span before the group forms: a large model takes minutes
+
+
+def _pack(msg: dict[str, Any]) -> bytes:
+    return json.dumps(msg, separators=(",", ":")).encode()
 
 
 def rank_devices(device: str, world: int) -> list[str]:
@@ -144,7 +149,7 @@ class TPStage:
                     if not proc.is_alive() or time.monotonic() > deadline:
                         raise ConfigError(f"tensor-parallel worker {proc.name} did not load its span "
                                           f"(exit code {proc.exitcode})")
-                msg = msgpack.unpackb(conn.recv_bytes())
+                msg = json.loads(conn.recv_bytes())
                 if msg.get("error"):
                     raise ConfigError(f"tensor-parallel worker {proc.name} failed: {msg['error']}")
             group = Group.join(store, 0, world, torch.device(devices[0]), engine_cfg.step_timeout_s)
@@ -166,7 +171,7 @@ class TPStage:
     def close(self) -> None:
         for conn in self.conns:
             try:
-                conn.send_bytes(msgpack.packb({"op": "stop"}))
+                conn.send_bytes(_pack({"op": "stop"}))
             except OSError:
                 pass
         for p in self.procs:
@@ -233,7 +238,7 @@ class TPStage:
         return self.new_pool(-(-capacity // PAGE_TOKENS)).allocate(capacity)
 
     def _send(self, msg: dict[str, Any]) -> None:
-        body = msgpack.packb(msg)
+        body = _pack(msg)
         for conn in self.conns:
             conn.send_bytes(body)
 
@@ -272,9 +277,9 @@ def worker_main(conn: Connection, port: int, rank: int, world: int, model_cfg: M
         loaded = load_meta(model_cfg, engine_cfg)
         stage = load_stage(loaded, model_cfg, engine_cfg, LayerSpan(span[0], span[1], loaded.num_layers))
     except Exception as exc:  # noqa: BLE001 - told to rank 0, which fails the load
-        conn.send_bytes(msgpack.packb({"error": f"{type(exc).__name__}: {exc}"}))
+        conn.send_bytes(_pack({"error": f"{type(exc).__name__}: {exc}"}))
         raise
-    conn.send_bytes(msgpack.packb({"ok": True}))
+    conn.send_bytes(_pack({"ok": True}))
     group = Group.join(connect_store(port, world, JOIN_TIMEOUT_S), rank, world, stage.device,
                        engine_cfg.step_timeout_s)
     shard_stage(stage, group)
@@ -284,7 +289,7 @@ def worker_main(conn: Connection, port: int, rank: int, world: int, model_cfg: M
     with torch.inference_mode():
         while True:
             try:
-                msg = msgpack.unpackb(conn.recv_bytes())
+                msg = json.loads(conn.recv_bytes())
             except (EOFError, OSError):
                 return  # rank 0 went away
             if msg["op"] == "stop":
