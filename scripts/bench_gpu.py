@@ -166,6 +166,17 @@ def start_ring(root: Path, model: str, gpus: int, layers: int, threads: int = 0)
         time.sleep(0.5)
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]], grace_s: float = 60) -> None:
+    """SIGTERM every daemon (they drain), then SIGKILL whatever is still up after ``grace_s``."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def concurrent_tps(sock: str, sessions: int, tokens: int, vocab: int, rng: Any) -> float:
     """Generated tokens per second of ``sessions`` greedy completions (128-token prompts) run at once."""
     done: list[int] = []
@@ -240,13 +251,7 @@ def ring(model: str, gpus: int, layers: int, vocab: int, tokens: int, threads: i
             out[f"tps_{b}"] = concurrent_tps(sock, b, tokens, vocab, rng)
         out.update(batch_agreement(sock, vocab, tokens))
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
     return out
 
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from bench_gpu import concurrent_tps, pct, reference, request, stream_times  # noqa: E402
+from bench_gpu import concurrent_tps, pct, reference, request, stop_all, stream_times  # noqa: E402
 
 DEVICE = os.environ.get("SWARMD_BENCH_DEVICE", "cuda:0")  # "cpu": a smoke test of this script (Gloo ranks)
 TTFT_TOKENS = int(os.environ.get("SWARMD_BENCH_TTFT", "2048"))  # smaller for a smoke test's tiny context
@@ -169,11 +169,7 @@ def daemon_level(model: str, tp: int, tokens: int, vocab: int) -> dict[str, obje
         out["decode_p99_ms"] = pct(gaps, 0.99)
         out["tps_16"] = concurrent_tps(sock, 16, tokens, vocab, rng)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_all([proc])
     return out
 
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench_gpu import concurrent_tps, request, stream_times  # noqa: E402
+from bench_gpu import concurrent_tps, request, stop_all, stream_times  # noqa: E402
 
 CONCURRENCY = (1, 16, 64)
 DEVICE = os.environ.get("SWARMD_BENCH_DEVICE")  # "cpu": a smoke test of this script (Gloo ranks)
@@ -91,13 +91,7 @@ def measure(model: str, nodes: int, tp: int, layers: int, vocab: int, tokens: in
         for b in CONCURRENCY:
             out[f"tps_{b}"] = concurrent_tps(sock, b, tokens, vocab, rng)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
     return out
 
 
