@@ -55,6 +55,11 @@ class EngineConfig:
     # Continuous batching: the most positions (decode tokens plus prefill chunk tokens) of one batched
     # forward; queued prefill chunks of one session are merged up to this size.
     max_batch_tokens: int = 2048
+    # On a GPU, decode steps replay CUDA graphs captured at load time (False: every step launches op by op).
+    cuda_graphs: bool = True
+    # The largest decode batch a graph is captured for (buckets 1, 2, 4, 8, 16, 24, 32, 48, 64, ... up to it);
+    # a bigger decode batch runs eagerly.
+    graph_max_batch: int = 128
     # Seconds of one decoder layer per decode token, as placement sees this node; None: measure at start.
     seconds_per_layer: float | None = None
     # Tests only: this node negates every output it computes (a dishonest or broken member), so that

@@ -344,6 +344,13 @@ class Node:
             raise
         self.loaded.stage = stage
         engine = Engine(stage, self.cfg.engine, kv_bytes)
+        try:
+            await asyncio.to_thread(engine.prepare)  # the KV pool; on a GPU, the decode graphs
+        except BaseException:
+            await engine.close()
+            self.host.slots.pop(span, None)
+            self._publish()
+            raise
         engine.observe = self.metrics.stage_step
         self.host.serve(span, engine)
         self._publish()

@@ -56,6 +56,15 @@ class KVPool:
         self.v[:, index] = 0
         return KVCache(self, pages, index)
 
+    def reserve_scratch(self) -> int:
+        """Take one page out of circulation for good: padding rows of a captured decode batch write there."""
+        if not self._free:
+            raise KVBudgetExceeded("no KV page left for the decode graphs' scratch page")
+        page = self._free.pop(0)  # the highest-numbered page: the last to be handed out
+        self.k[:, page] = 0
+        self.v[:, page] = 0
+        return page
+
     def release(self, cache: KVCache) -> None:
         if cache.pool is self and cache.pages:
             self._free.extend(reversed(cache.pages))

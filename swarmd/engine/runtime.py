@@ -25,9 +25,9 @@ from .batch_policy import next_gap, straggler_deadline, wait_cap
 from .kv_budget import KVBudget, Reservation
 from .kv_cache import PAGE_TOKENS, KVCache, KVPool
 from .loader import load_config, load_tokenizer
-from .sampling import sample
+from .sampling import sample_batch
 from .sources import ModelSource, resolve_source
-from .stage import StageModel
+from .stage import StageModel, check_rows
 from .step_plan import Row
 from .wire_tensors import IMPLAUSIBLE, MAX_HIDDEN_ABS, NOT_FINITE, blob_to_tensor, tensor_to_blob
 
@@ -186,6 +186,35 @@ class Engine:
         # Called per step with (span, seconds queued, seconds of its batched forward): the node's metrics.
         self.observe: Callable[[tuple[int, int], float, float], None] | None = None
         self.batched_steps = 0
+        self._graphs: Any = None  # decode_graph.DecodeGraphs once prepare() built them
+        self.graph_steps = 0  # batched forwards whose decode rows replayed a graph
+
+    def prepare(self, static_decode: bool | None = None) -> None:
+        """Blocking (run off the loop, before the span serves): allocate the KV pool and, on a GPU, capture
+        the decode graphs. ``static_decode`` forces the static decode path on or off (tests run it on a CPU,
+        where nothing is captured); None: on for a single-device CUDA span unless ``cuda_graphs`` is off."""
+        stage = self.stage
+        on_cuda = getattr(stage, "device", torch.device("cpu")).type == "cuda"
+        if static_decode is None:
+            static_decode = on_cuda and self.cfg.cuda_graphs
+        if not static_decode or self._pool is not None:
+            return
+        from .decode_graph import build_graphs, unsupported_reason
+
+        if unsupported_reason(stage) is not None:
+            build_graphs(stage, None, 0, capture=False)  # type: ignore[arg-type]  # logs why
+            return
+        self._pool = stage.new_pool(self.pages + 1)  # one page more: the graphs' scratch page
+        limit = max(1, min(self.cfg.graph_max_batch, self.pages))
+        self._graphs = build_graphs(stage, self._pool, limit, capture=on_cuda)
+
+    @property
+    def graph_info(self) -> dict[str, object] | None:
+        g = self._graphs
+        if g is None:
+            return None
+        return {"batch_sizes": list(g.buckets), "captured": len(g.graphs), "capture_s": round(g.capture_s, 3),
+                "memory_bytes": g.graph_bytes, "steps": self.graph_steps}
 
     async def open_session(self, session_id: str, capacity: int) -> None:
         """Reserve KV pages for ``capacity`` positions; 503-class error when the budget is full."""
@@ -352,9 +381,11 @@ class Engine:
             rows, live = self._finite_rows(rows, live, results)
         if not rows:
             return results
-        outs = stage.forward_batch(rows)
+        outs, by_row = self._forward(rows)
+        greedy_ids = None if by_row is None else {live[k]: tok for k, tok in by_row.items()}
         if self.cfg.corrupt_output:  # tests only: a member that computes wrong answers
             outs = [None if out is None else -out for out in outs]
+            greedy_ids = None
         if stage.lm_head is None:
             hidden = [out[0] for out in outs if out is not None]
             host = torch.cat(hidden).to("cpu") if len(hidden) > 1 else hidden[0].to("cpu")  # one copy off the GPU
@@ -365,19 +396,50 @@ class Engine:
             return results
         sampled = [(i, out) for i, out in zip(live, outs, strict=True) if out is not None]
         greedy = [(i, out) for i, out in sampled if batch[i].sampling[0].greedy]  # type: ignore[index]
-        if greedy:
+        if greedy and greedy_ids is not None and all(i in greedy_ids for i, _ in greedy):
+            for i, _ in greedy:
+                results[i] = greedy_ids[i]
+        elif greedy:
             tokens = torch.stack([out for _, out in greedy]).argmax(-1).tolist()
             for (i, _), tok in zip(greedy, tokens, strict=True):
                 results[i] = int(tok)
+        drawn = [(i, out) for i, out in sampled if results[i] is None]
+        if drawn:  # the whole batch's draws at once on the device, one copy of the ids back
+            tokens = sample_batch(torch.stack([out for _, out in drawn]), [batch[i].sampling for i, _ in drawn])  # type: ignore[misc]
+            for (i, _), tok in zip(drawn, tokens, strict=True):
+                results[i] = tok
         for i, out in sampled:
-            if results[i] is None:
-                params, seed, n = batch[i].sampling  # type: ignore[misc]
-                results[i] = sample(out, params, seed, n)
             if batch[i].report:
                 top = torch.topk(out, min(REPORT_TOP, int(out.shape[-1])))
                 results[i] = TopLogits(int(results[i]), tuple(int(t) for t in top.indices.tolist()),
                                        tuple(float(v) for v in top.values.tolist()))
         return results
+
+    def _forward(self, rows: list[Row]) -> tuple[list[Any], dict[int, int] | None]:
+        """The batch's forward: decode rows replay a graph where one fits, the rest run eagerly. Returns the
+        per-row outputs (as ``StageModel.forward_batch``) and, from a graph on the last span, the greedy
+        token of each decode row that asked for logits (None where no graph ran)."""
+        graphs = self._graphs
+        decode = [j for j, r in enumerate(rows) if r.n == 1]
+        if graphs is None or not decode or not graphs.fits([rows[j] for j in decode]):
+            return self.stage.forward_batch(rows), None
+        check_rows(rows)
+        out, ids = graphs.run([rows[j] for j in decode])
+        self.graph_steps += 1
+        outs: list[Any] = [None] * len(rows)
+        greedy: dict[int, int] = {}
+        picked = ids.tolist() if ids is not None else []  # one small copy off the device
+        for k, j in enumerate(decode):
+            if ids is None:
+                outs[j] = out[k: k + 1].unsqueeze(0)  # [1, 1, D]
+            elif rows[j].logits:
+                outs[j] = out[k]
+                greedy[j] = int(picked[k])
+        rest = [j for j, r in enumerate(rows) if r.n != 1]
+        if rest:
+            for j, o in zip(rest, self.stage.forward_batch([rows[j] for j in rest]), strict=True):
+                outs[j] = o
+        return outs, greedy
 
     def _finite_rows(self, rows: list[Row], live: list[int], results: list[Any]) -> tuple[list[Row], list[int]]:
         """Move the batch's hidden states to the device in one copy and drop rows holding NaN, Inf or

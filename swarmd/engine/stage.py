@@ -21,6 +21,7 @@ from torch.nn.attention.bias import causal_lower_right
 from ..errors import InvalidRequest
 from ..types import LayerSpan
 from .kv_cache import PAGE_TOKENS, KVCache, KVPool, kv_bytes_per_token
+from .paged_attention import paged_decode, triton_available
 from .sources import ModelSource
 from .step_plan import Row, StepPlan, plan_step
 from .weights import load_tensors
@@ -283,6 +284,10 @@ class StageModel:
         bd = plan.decode
         hd, hkv = self.shape.head_dim, self.shape.num_kv_heads
         assert plan.decode_index is not None
+        if self.device.type == "cuda" and triton_available():  # straight from the pages, no padded copy
+            o = paged_decode(q.contiguous(), pool_k, pool_v, plan.decode_index, plan.lens_tensor(self.device),
+                             scale=float(attn.scaling), window=window)
+            return o.reshape(bd, -1)
         keys = pool_k[plan.decode_index].view(bd, -1, hkv, hd)  # [Bd, K, Hkv, Dh]
         vals = pool_v[plan.decode_index].view(bd, -1, hkv, hd)
         if bd == 1:  # exact length (and window): no mask, the fastest kernels

@@ -53,6 +53,12 @@ class StepPlan:
     _decode_masks: dict[int | None, torch.Tensor | None] = field(default_factory=dict)
     _len_tensor: torch.Tensor | None = None
 
+    def lens_tensor(self, device: torch.device) -> torch.Tensor:
+        """``[Bd]`` keys of each decode row, on the device (made once per step)."""
+        if self._len_tensor is None:
+            self._len_tensor = torch.tensor(self.decode_lens, device=device).view(-1, 1)
+        return self._len_tensor.view(-1)
+
     def decode_mask(self, window: int | None, keys: int, device: torch.device) -> torch.Tensor | None:
         """Boolean ``[Bd, 1, 1, keys]`` (True = attend) for the padded decode batch, per attention window."""
         if window in self._decode_masks:
@@ -60,12 +66,11 @@ class StepPlan:
         if self.decode == 1 and window is None:
             mask = None
         else:
-            if self._len_tensor is None:
-                self._len_tensor = torch.tensor(self.decode_lens, device=device).view(-1, 1)
+            lens = self.lens_tensor(device).view(-1, 1)
             k_pos = torch.arange(keys, device=device).view(1, -1)
-            allowed = k_pos < self._len_tensor
+            allowed = k_pos < lens
             if window is not None:
-                allowed &= k_pos >= self._len_tensor - window
+                allowed &= k_pos >= lens - window
             mask = allowed.view(self.decode, 1, 1, keys)
         self._decode_masks[window] = mask
         return mask
