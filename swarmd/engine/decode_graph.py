@@ -183,6 +183,13 @@ class DecodeGraphs:
         self._host = torch.zeros(rows, META + self.width, dtype=torch.int32,
                                  pin_memory=self.device.type == "cuda")
         self._np = self._host.numpy()  # the same memory: numpy's item writes cost a fraction of torch's
+        # Results come back through pinned buffers and an event: waiting on the event releases the GIL, so
+        # the event loop runs while the GPU works (a blocking .tolist() would hold it for the whole step).
+        pinned = self.device.type == "cuda"
+        self._ids_host = torch.zeros(rows, dtype=torch.long, pin_memory=pinned)
+        self._out_host = (None if self.last else
+                          torch.zeros(rows, st.hidden_size, dtype=st.dtype, pin_memory=pinned))
+        self._done = torch.cuda.Event() if pinned else None
         self.scratch_slot = pool.reserve_scratch() * pool.page_tokens  # where padding rows write their K/V
         self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -232,7 +239,8 @@ class DecodeGraphs:
 
     def run(self, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One decode step of ``rows`` (each ``n == 1``; checked by the caller). Returns the first
-        ``len(rows)`` rows of the output (hidden states or logits) and of the greedy ids."""
+        ``len(rows)`` rows of the output and of the greedy ids, both already on the host except the
+        last span's logits (hidden states on the host; logits on the device, greedy ids on the host)."""
         n = len(rows)
         b = self.bucket(n)
         host = self._np
@@ -259,7 +267,19 @@ class DecodeGraphs:
             out, ids_out = self.step.forward(self._x(b), self.meta[:b], self.pool)
         for r in rows:
             r.cache.commit(r.start_pos + 1)
-        return out[:n], (ids_out[:n] if ids_out is not None else None)
+        if self._done is None:  # CPU: nothing to wait for
+            return out[:n], (ids_out[:n] if ids_out is not None else None)
+        if ids_out is not None:
+            self._ids_host[:n].copy_(ids_out[:n], non_blocking=True)
+        else:
+            assert self._out_host is not None
+            self._out_host[:n].copy_(out[:n], non_blocking=True)
+        self._done.record()
+        self._done.synchronize()  # GIL released while the GPU finishes
+        if ids_out is not None:
+            return out[:n], self._ids_host[:n]
+        assert self._out_host is not None
+        return self._out_host[:n], None
 
 
 def build_graphs(stage: StageModel, pool: KVPool, max_batch: int, *, capture: bool,

@@ -310,9 +310,15 @@ class Engine:
         until = loop.time() + wait_cap(self._last_forward_s)
         seen, quiet = len(self._queue), 0
         while quiet < 2 and loop.time() < until:
+            if self._all_queued():  # nobody left to wait for: go now, the rest of the loop's work overlaps
+                return
             await asyncio.sleep(0)
             quiet = quiet + 1 if len(self._queue) == seen else 0
             seen = len(self._queue)
+
+    def _all_queued(self) -> bool:
+        live = sum(not s.closed for s in self._sessions.values())
+        return len({id(s.session) for s in self._queue}) >= live
 
     async def _batch_loop(self) -> None:
         assert self._wake is not None
@@ -388,6 +394,8 @@ class Engine:
             greedy_ids = None
         if stage.lm_head is None:
             hidden = [out[0] for out in outs if out is not None]
+            if any(h.device.type != "cpu" for h in hidden):  # graph rows are on the host already
+                hidden = [h.to(stage.device) for h in hidden]
             host = torch.cat(hidden).to("cpu") if len(hidden) > 1 else hidden[0].to("cpu")  # one copy off the GPU
             at = 0
             for i, row in zip(live, rows, strict=True):
