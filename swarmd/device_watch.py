@@ -23,9 +23,8 @@ LEAVE_TIMEOUT_S = 3.0
 def lost_workers(node: Node) -> list[str]:
     out = []
     for slot in list(node.host.slots.values()):
-        dead = getattr(getattr(slot.engine, "stage", None), "dead", None)
-        if dead is not None:
-            out += [f"{w} of span {slot.span[0]}:{slot.span[1]}" for w in dead()]
+        if slot.engine is not None:
+            out += [f"{w} of span {slot.span[0]}:{slot.span[1]}" for w in slot.engine.stage.dead()]
     return out
 
 
@@ -42,8 +41,8 @@ async def watch_workers(node: Node) -> None:
         try:
             node.notifier.stopping()
             for slot in list(node.host.slots.values()):
-                for proc in getattr(getattr(slot.engine, "stage", None), "procs", []):
-                    proc.kill()
+                if slot.engine is not None:
+                    slot.engine.stage.kill_workers()
             if node.membership is not None:
                 async with asyncio.timeout(LEAVE_TIMEOUT_S):
                     await node.membership.stop(leave=True)

@@ -16,6 +16,7 @@ from . import __version__
 from .api.app import ApiServer, build_app
 from .config import NodeConfig, parse_hostport
 from .device_watch import watch_workers
+from .engine.interface import EngineHandle
 from .errors import CapacityError, ConfigError, NotReady
 from .membership.attest import Attestor
 from .membership.placement import PlacementConfig, Plan, place
@@ -480,7 +481,7 @@ class Node:
         return self._codec
 
     @property
-    def engine(self) -> Any:
+    def engine(self) -> EngineHandle | None:
         """The engine of this node's newest serving span (None when it serves none)."""
         slot = self.host.primary()
         return slot.engine if slot is not None else None

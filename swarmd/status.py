@@ -148,5 +148,5 @@ def status_document(node: Node) -> dict[str, Any]:
         doc["kv_cache"] = {"budget_bytes": b.capacity, "used_bytes": b.used, "sessions": b.sessions}
         doc["batching"] = {"forwards": engine.batches, "steps": engine.batched_steps,
                            "max_batch_tokens": engine.max_batch_tokens,
-                           "decode_graphs": getattr(engine, "graph_info", None)}
+                           "decode_graphs": engine.graph_info}
     return doc

@@ -51,7 +51,7 @@ def unsupported_reason(stage: Any) -> str | None:
     if isinstance(rope, dict) and (rope.get("rope_type") or rope.get("type")) in _NO_TABLE_ROPE:
         return f"rotary scaling {rope.get('rope_type') or rope.get('type')!r} depends on the sequence length"
     for layer in stage.layers:
-        attn = layer.self_attn
+        attn: Any = layer.self_attn
         if not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
             return "attention without separate q/k/v projections"
         if getattr(attn.q_proj, "bias", None) is None and getattr(attn.k_proj, "bias", None) is not None:
@@ -72,7 +72,7 @@ def _fuse(mods: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One weight (and bias) for several linears, which then read views of it: no memory is added."""
     weight = torch.cat([m.weight.data for m in mods])
     biases = [getattr(m, "bias", None) for m in mods]
-    bias = torch.cat([b.data for b in biases]) if all(b is not None for b in biases) else None
+    bias = torch.cat([b.data for b in biases if b is not None]) if all(b is not None for b in biases) else None
     at = 0
     for m in mods:
         n = m.weight.shape[0]
@@ -91,9 +91,9 @@ class DecodeStep:
         self.shape = stage.shape
         self.layers: list[_Layer] = []
         for layer, window in zip(stage.layers, stage.windows, strict=True):
-            attn = layer.self_attn
+            attn: Any = layer.self_attn
             qkv, bias = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
-            mlp = layer.mlp
+            mlp: Any = layer.mlp
             gate_up = None
             if all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")) and \
                     getattr(mlp.gate_proj, "bias", None) is None:

@@ -194,7 +194,7 @@ class Engine:
         the decode graphs. ``static_decode`` forces the static decode path on or off (tests run it on a CPU,
         where nothing is captured); None: on for a single-device CUDA span unless ``cuda_graphs`` is off."""
         stage = self.stage
-        on_cuda = getattr(stage, "device", torch.device("cpu")).type == "cuda"
+        on_cuda = stage.device.type == "cuda"
         if static_decode is None:
             static_decode = on_cuda and self.cfg.cuda_graphs
         if not static_decode or self._pool is not None:
@@ -496,6 +496,4 @@ class Engine:
         for sid in list(self._sessions):
             await self.close_session(sid)
         self._executor.shutdown(wait=True, cancel_futures=True)
-        close = getattr(self.stage, "close", None)  # a tensor-parallel span stops its worker processes
-        if close is not None:
-            await asyncio.to_thread(close)
+        await asyncio.to_thread(self.stage.close)  # a tensor-parallel span stops its worker processes

@@ -148,6 +148,19 @@ class StageModel:
             weight_keys=tuple(shapes),
         )
 
+    @property
+    def samples(self) -> bool:
+        return self.lm_head is not None
+
+    def dead(self) -> list[str]:
+        return []  # one device, in this process: nothing can be lost apart from the node
+
+    def kill_workers(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
     def parameter_bytes(self) -> int:
         mods = [m for m in (self.embed, self.norm, self.lm_head, *self.layers) if m is not None]
         seen: set[int] = set()

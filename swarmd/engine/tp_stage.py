@@ -168,6 +168,14 @@ class TPStage:
         lost = [f"{p.name} (exit {p.exitcode})" for p in self.procs if not p.is_alive()]
         return lost + ([f"rank 0 ({self.broken})"] if self.broken else [])
 
+    @property
+    def samples(self) -> bool:
+        return self.inner.lm_head is not None
+
+    def kill_workers(self) -> None:
+        for p in self.procs:
+            p.kill()
+
     def close(self) -> None:
         for conn in self.conns:
             try:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..engine.interface import EngineHandle
 from ..wire.messages import Forward, Hop, Message, SessionClose, SessionError, SessionOpen
 from .stage_service import StageService
 
@@ -27,7 +28,7 @@ Send = Callable[..., Awaitable[None]]
 class Slot:
     span: Span
     state: str  # loading | serving | draining
-    engine: Any = None  # engine.runtime.Engine once loaded
+    engine: EngineHandle | None = None  # once loaded
     service: StageService | None = None
 
 
@@ -47,7 +48,7 @@ class StageHost:
             slot = self.slots[span] = Slot(span, "loading")
         return slot
 
-    def serve(self, span: Span, engine: Any) -> None:
+    def serve(self, span: Span, engine: EngineHandle) -> None:
         """The engine for ``span`` is loaded: route new sessions to it."""
         slot = self.loading(span)
         slot.engine = engine

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine.interface import EngineHandle
 from ..errors import CapacityError, SwarmdError
 from ..types import SamplingParams, TensorBlob, TopLogits
 from ..wire.messages import (
@@ -68,8 +69,8 @@ class StageSession:
 
 
 class StageService:
-    def __init__(self, engine: Any, node_id: str, send: Send, idle_timeout_s: float) -> None:
-        self.engine = engine  # engine.runtime.Engine
+    def __init__(self, engine: EngineHandle, node_id: str, send: Send, idle_timeout_s: float) -> None:
+        self.engine = engine
         self.node_id = node_id
         self.send = send
         self.idle_timeout_s = idle_timeout_s
@@ -160,7 +161,7 @@ class StageService:
         o = sess.open
         params = SamplingParams(o.temperature, o.top_p, o.top_k, o.seed)
         stop = frozenset(o.stop_token_ids)
-        logits_here = getattr(self.engine.stage, "lm_head", None) is not None
+        logits_here = self.engine.stage.samples
         while True:
             fwd = sess.pending.popleft() if sess.pending else await sess.queue.get()
             fwd = self._merge(sess, fwd)
@@ -231,7 +232,7 @@ class StageService:
         when this stage is slower than its upstream, a long prompt costs fewer, larger forwards. The first
         chunk of a prompt that has stages after this one takes only half of what is waiting, so the next
         stage starts on it while this one runs the other half (pipelined prefill)."""
-        limit = getattr(self.engine, "max_batch_tokens", 0)
+        limit = self.engine.max_batch_tokens
         while not sess.queue.empty() and len(sess.pending) < QUEUE_LIMIT:
             sess.pending.append(sess.queue.get_nowait())
         if fwd.sample or not sess.pending:
