@@ -18,7 +18,9 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Without a GPU, Triton kernels run in Triton's interpreter (numpy); it is chosen when a kernel is defined,
 # so before any swarmd engine module is imported.
-if not os.path.exists("/dev/nvidiactl"):
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from model_factory import make_tiny_model  # noqa: E402

@@ -15,6 +15,7 @@ a CPU (tests) it runs the same forward over the same buffers without capturing.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -86,7 +87,9 @@ def _fuse(mods: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
 class DecodeStep:
     """The decode forward of one span over static shapes (see the module docstring)."""
 
-    def __init__(self, stage: StageModel, max_context: int) -> None:
+    def __init__(self, stage: StageModel, max_context: int, *, triton_kernel: bool | None = None) -> None:
+        """``triton_kernel``: attention by the Triton kernel (default: on CUDA) or the torch page walk. Tests
+        force the kernel on a CPU, where Triton's interpreter runs it."""
         self.stage = stage
         self.shape = stage.shape
         self.layers: list[_Layer] = []
@@ -104,7 +107,8 @@ class DecodeStep:
             pos = torch.arange(max_context, device=stage.device).unsqueeze(0)
             cos, sin = stage.rotary(probe, pos)
         self.cos, self.sin = cos[0], sin[0]  # [max_context, Dh]
-        self.use_triton = stage.device.type == "cuda" and triton_available()
+        self.use_triton = (stage.device.type == "cuda" if triton_kernel is None else triton_kernel) \
+            and triton_available()
         self.splits: dict[int, int] = {}
 
     def _attention(self, q: torch.Tensor, idx: int, pool: KVPool, table: torch.Tensor, lens: torch.Tensor,
@@ -113,7 +117,7 @@ class DecodeStep:
         if self.use_triton:
             rows = q.shape[0]
             if rows not in self.splits:
-                sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+                sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 8
                 self.splits[rows] = splits_for(rows, self.shape.num_kv_heads, sms)
             return paged_decode(q, k, v, table, lens, scale=scale, window=window, splits=self.splits[rows])
         return paged_decode_reference(q, k, v, table, lens, scale=scale, window=window)
@@ -200,8 +204,6 @@ class DecodeGraphs:
 
     def _capture(self) -> None:
         started = time.monotonic()
-        torch.cuda.synchronize(self.device)
-        before = torch.cuda.memory_reserved(self.device)
         self._pad_meta(self.max_batch)
         self.meta.copy_(self._host)
         side = torch.cuda.Stream(self.device)
@@ -211,6 +213,9 @@ class DecodeGraphs:
                 self.step.forward(self._x(b), self.meta[:b], self.pool)
         torch.cuda.current_stream(self.device).wait_stream(side)
         torch.cuda.synchronize(self.device)
+        gc.collect()
+        torch.cuda.empty_cache()  # as torch.cuda.graph does at each capture: what follows is the graphs'
+        before = torch.cuda.memory_reserved(self.device)
         mempool = torch.cuda.graph_pool_handle()
         for b in reversed(self.buckets):  # largest first: the smaller ones reuse its memory
             graph = torch.cuda.CUDAGraph()

@@ -45,7 +45,7 @@ if triton is not None:
     @triton.jit
     def _split_kernel(
         q_ptr, k_ptr, v_ptr, table_ptr, lens_ptr, out_ptr, part_ptr, lse_ptr,
-        stride_qb, stride_qh, stride_tb, stride_slot, stride_kh,
+        stride_qb, stride_qh, stride_tb, stride_lb, stride_slot, stride_kh,
         scale_log2, window,
         G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, SPLITS: tl.constexpr,
         BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -54,7 +54,7 @@ if triton is not None:
         kvh = tl.program_id(1)
         s = tl.program_id(2)
         H = tl.num_programs(1) * G
-        length = tl.load(lens_ptr + b)
+        length = tl.load(lens_ptr + b * stride_lb).to(tl.int32)
         lo = 0
         if window > 0:
             lo = tl.maximum(length - window, 0)
@@ -130,7 +130,9 @@ def paged_decode(
     q ``[B, H, D]``; k_pool, v_pool ``[P, page, Hkv, D]`` (one layer of the pool, contiguous); table
     ``[B, W]`` page ids (only the first ``ceil(len / page)`` of a row are read); lens ``[B]`` keys per row,
     this step's own key included (0: the row is padding and gets zeros). Returns ``[B, H, D]`` in q's dtype.
+    table and lens may be strided views (columns of one step buffer): only their last dimension must be dense.
     """
+    assert table.stride(-1) == 1, "the page table's rows must be contiguous"
     assert triton is not None, "paged_decode needs triton (paged_decode_reference does not)"
     rows, heads, dim = q.shape
     _, page, kv_heads, _ = k_pool.shape
@@ -151,7 +153,7 @@ def paged_decode(
     block_d = triton.next_power_of_2(dim)
     _split_kernel[(rows, kv_heads, splits)](
         q, k_pool, v_pool, table, lens, out, part, lse,
-        q.stride(0), q.stride(1), table.stride(0), kv_heads * dim, dim,
+        q.stride(0), q.stride(1), table.stride(0), lens.stride(0), kv_heads * dim, dim,
         scale * LOG2E, int(window or 0),
         G=group, D=dim, PAGE=page, SPLITS=splits, BLOCK_G=max(16, triton.next_power_of_2(group)),
         BLOCK_D=block_d, BLOCK_N=BLOCK_N, num_warps=4, num_stages=2,

@@ -6,6 +6,7 @@ Capture and replay themselves need CUDA (tests/engine/test_gpu_graphs.py)."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 from swarmd.config import EngineConfig
 from swarmd.engine.decode_graph import DecodeGraphs, DecodeStep, graph_buckets, unsupported_reason
 from swarmd.engine.loader import load_config
+from swarmd.engine.paged_attention import triton_available
 from swarmd.engine.runtime import Engine
 from swarmd.engine.sources import resolve_source
 from swarmd.engine.stage import StageModel
@@ -40,7 +42,7 @@ def test_buckets_cover_every_batch_size_up_to_the_limit() -> None:
 
 def check_static_path(model_dir: Path, tmp: Path, span: tuple[int, int], *, device: str = "cpu",
                       dtype: torch.dtype = torch.float32, capture: bool = False, atol: float = 1e-5,
-                      rtol: float = 1e-4) -> dict[str, float]:
+                      rtol: float = 1e-4, triton_kernel: bool | None = None) -> dict[str, float]:
     """Two copies of one span: one eager, one through DecodeGraphs (buckets of 1, 2, 4 and 5, so most steps
     carry padding rows). Sessions of different lengths decode together; mistral's 16-token window is
     crossed; one session leaves half-way and its pages go to a newcomer. Returns the largest differences."""
@@ -48,7 +50,8 @@ def check_static_path(model_dir: Path, tmp: Path, span: tuple[int, int], *, devi
     static = load(model_dir, tmp, *span, device=device, dtype=dtype)
     assert unsupported_reason(static) is None
     e_pool, s_pool = eager.new_pool(48), static.new_pool(49)
-    graphs = DecodeGraphs(DecodeStep(static, static.max_context), s_pool, 5, capture=capture)
+    graphs = DecodeGraphs(DecodeStep(static, static.max_context, triton_kernel=triton_kernel), s_pool, 5,
+                          capture=capture)
     assert graphs.buckets == (1, 2, 4, 5)
     assert len(graphs.graphs) == (4 if capture else 0)
     g = torch.Generator().manual_seed(0)
@@ -103,6 +106,16 @@ def check_static_path(model_dir: Path, tmp: Path, span: tuple[int, int], *, devi
 def test_static_decode_equals_the_eager_span(arch: str, span: tuple[int, int], tiny_models: dict[str, Path],
                                              tmp_path: Path) -> None:
     worst = check_static_path(tiny_models[arch], tmp_path, span)
+    assert worst["argmax_mismatch"] == 0
+
+
+@pytest.mark.skipif(not triton_available() or os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs triton's interpreter (tests/conftest.py turns it on without a GPU)")
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+def test_static_decode_with_the_triton_kernel_equals_the_eager_span(arch: str, tiny_models: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    """The same, with attention by the Triton kernel (interpreted) reading the step buffer's columns."""
+    worst = check_static_path(tiny_models[arch], tmp_path, (0, 4), triton_kernel=True)
     assert worst["argmax_mismatch"] == 0
 
 

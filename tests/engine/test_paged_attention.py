@@ -87,3 +87,20 @@ def test_triton_kernel_equals_reference(case, splits: int) -> None:
     assert torch.isfinite(got).all()
     tol = 1e-5 if device == "cpu" else 3e-3  # tf32 dots on a GPU
     torch.testing.assert_close(got.float(), ref.float(), atol=tol, rtol=tol)
+
+
+@needs_triton
+def test_triton_kernel_reads_strided_lengths_and_tables() -> None:
+    """The decode graphs pass the lengths and page tables as columns of one int32 step buffer."""
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":  # pragma: no cover
+        pytest.skip("no GPU and the triton interpreter is off")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lens = [9, 70, 1, 33]
+    q, k, v, table, lens_t = (t.to(device) for t in make_case(3, 4, 4, 2, 16, lens))
+    step = torch.full((4, 3 + table.shape[1]), 10**6, dtype=torch.int32, device=device)  # poison around them
+    step[:, 1] = lens_t
+    step[:, 3:] = table
+    got = pa.paged_decode(q, k, v, step[:, 3:], step[:, 1], scale=0.25, splits=2)
+    ref = pa.paged_decode_reference(q, k, v, table, lens_t, scale=0.25)
+    tol = 1e-5 if device == "cpu" else 3e-3
+    torch.testing.assert_close(got.float(), ref.float(), atol=tol, rtol=tol)
