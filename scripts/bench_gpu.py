@@ -16,13 +16,15 @@ Rows, every one measured in the same run on cuda:0 (the same random-weight model
   * ring1              one swarmd daemon holding every layer on cuda:0;
   * ring2_one_gpu      two daemons splitting the layers (0:16 and 16:32 for 32 layers), both on cuda:0.
 
-Each row: decode ms/token at one session (the median of 3 runs, spread in ``decode_ms_runs``), time to first
-token for a 128- and a 2048-token prompt, tokens/s of 1, 16 and 64 concurrent sessions (128-token prompts,
-64 greedy tokens; ``generate``: one batch of that size). Ring rows add decode p99, batched-vs-alone agreement of
-greedy outputs and the daemons' own status counters. ``generate`` rows run in a child process (its GPU memory
-is freed for the daemons; a compile that hangs is killed after ``--row-timeout`` and the cells it did measure
-are kept). OUT.json and OUT.md are written after every row; rows of an earlier OUT.json of the same model, GPU
-and token count that this run does not measure are kept (``--fresh`` drops them).
+Each row: decode ms/token at one session (the median of 3 runs, spread in ``decode_ms_runs``; ring: the median
+gap between streamed tokens; generate: (a 64-token run - a 4-token run) / 60, the steady per-token cost, with
+``decode_mean_ms`` = (64-token run - TTFT) / 64 beside it), time to first token for a 128- and a 2048-token
+prompt, tokens/s of 1, 16 and 64 concurrent sessions (128-token prompts, 64 greedy tokens; ``generate``: one
+batch of that size). Ring rows add decode p99, batched-vs-alone agreement of greedy outputs and the daemons' own
+status counters. ``generate`` rows run in a child process (its GPU memory is freed for the daemons; a compile
+that hangs is killed after ``--row-timeout`` and the cells it did measure are kept). OUT.json and OUT.md are
+written after every row; rows of an earlier OUT.json of the same model, GPU and token count that this run does
+not measure are kept (``--fresh`` drops them). The run ends with a compact table on stdout.
 
     python scripts/bench_gpu.py [--rows limit,generate,generate_compiled,ring1,ring2_one_gpu] [--out bench/gpu_engine]
     SWARMD_BENCH_DEVICE=cpu python scripts/bench_gpu.py --smoke     # random:tiny-llama: checks this script
@@ -34,6 +36,7 @@ import argparse
 import http.client
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -127,8 +130,8 @@ def measure_generate(model_name: str, device: str, tokens: int, prompts: tuple[i
                      concurrency: tuple[int, ...] = CONCURRENCY, compiled: bool = False,
                      compile_style: str = "auto", compile_budget_s: float = 400.0,
                      save: Callable[[dict[str, object]], None] | None = None) -> dict[str, object]:
-    """Eager or compiled ``generate``: decode ms/token (mean over the decode steps of a 128-token prompt, median
-    of 3 runs), TTFT per prompt length (``max_new_tokens=1``, best of 3) and tokens/s of one batch of each size.
+    """Eager or compiled ``generate``: decode ms/token after a 128-token prompt (steady and mean, median of 3
+    runs), TTFT per prompt length (``max_new_tokens=1``, best of 3) and tokens/s of one batch of each size.
     A cell that fails holds its error string; ``save`` gets the cells after each one."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -235,17 +238,19 @@ def measure_generate(model_name: str, device: str, tokens: int, prompts: tuple[i
         for b in sorted(set(concurrency) | {1}):
             gen(ids(b, 128), tokens + 1 if b == 1 else 4)
 
+    k = min(4, tokens // 2)  # decode steps of the short run: its per-call costs are those of the long run
+
     def decode_run() -> None:
         if 1 in broken:
             return
         try:
-            runs.append(gen(ids(1, 128), tokens + 1))
+            runs.append((gen(ids(1, 128), 1 + k), gen(ids(1, 128), 1 + tokens)))
         except Exception as exc:  # noqa: BLE001
             broken[1] = err(exc)
 
-    runs: list[float] = []
+    runs: list[tuple[float, float]] = []
     decode_run()
-    for n in prompts:
+    for n in sorted(set(prompts) | {128}):  # 128: the decode runs' prompt
         try:
             if 1 in broken:
                 raise RuntimeError(broken[1])
@@ -264,8 +269,12 @@ def measure_generate(model_name: str, device: str, tokens: int, prompts: tuple[i
     decode_run()
     ttft = out.get("ttft_128_ms")
     if runs and isinstance(ttft, float):
-        per = [1000 * (w - ttft / 1000) / tokens for w in runs]  # mean over the decode steps of each run
+        # decode_ms: the steady per-token cost, (long run - short run) / the steps between them, comparable to
+        # the ring rows' median gap between streamed tokens; decode_mean_ms: (long run - TTFT) / tokens, which
+        # also spreads per-call costs (e.g. CUDA graphs re-recorded for a new static cache) over the tokens.
+        per = [1000 * (w - s) / (tokens - k) for s, w in runs]
         out["decode_ms_runs"] = per
+        out["decode_mean_ms"] = statistics.median(1000 * (w - ttft / 1000) / tokens for _, w in runs)
         put("decode_ms", statistics.median(per))
     else:
         put("decode_ms", broken.get(1, "error: no decode run"))
@@ -295,12 +304,16 @@ def generate_row(args: argparse.Namespace, row: str, logdir: Path) -> dict[str, 
     t = time.perf_counter()
     why = None
     with open(log, "wb") as f:
+        # its own process group: a timeout ends the child and its compile workers, nothing else
+        child = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
         try:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, timeout=args.row_timeout).returncode
+            rc = child.wait(args.row_timeout)
             if rc != 0:
                 why = f"error: child exited with status {rc}"
         except subprocess.TimeoutExpired:
             why = f"error: timed out after {args.row_timeout:.0f}s (--row-timeout)"
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
     out: dict[str, object] = json.loads(part.read_text()) if part.is_file() else {}
     out["wall_s"] = round(time.perf_counter() - t, 1)
     if why is not None:
@@ -589,6 +602,9 @@ def table(results: dict[str, Any], prompts: tuple[int, ...]) -> tuple[list[str],
                          f"{r['batch_sessions']} sessions run at once gave the same greedy text as alone (first "
                          f"differing character: {r['batch_first_divergence_chars'] or 'none'}; control: "
                          f"{r.get('alone_repeat_identical')}/4 sessions run alone twice gave the same text).")
+        if "decode_mean_ms" in r:
+            notes.append(f"{name}: decode counting per-call costs, (long run - TTFT) / tokens: "
+                         f"{fnum(r['decode_mean_ms'])} ms/token")
         if "config" in r:
             notes.append(f"{name}: {r['config']}" + (f"; {r['fallback']}" if "fallback" in r else "")
                          + (f"; warm-up/compile {r['compile_total_s']} s" if "compile_total_s" in r else ""))
