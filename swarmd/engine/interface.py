@@ -8,7 +8,7 @@ behind :class:`EngineHandle`: ``runtime.Engine`` (continuous batching over any S
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from ..types import LayerSpan, SamplingParams, TensorBlob, TopLogits
@@ -96,5 +96,12 @@ class EngineHandle(Protocol):
 
     async def forward(self, session_id: str, tokens: Sequence[int], hidden: TensorBlob | None, start_pos: int,
                       sampling: Sampling | None, report: bool = False) -> StepResult: ...
+
+    def decode(self, session_id: str, tokens: Sequence[int], hidden: TensorBlob | None, start_pos: int,
+               params: SamplingParams, seed: int, step: int, *, prompt_len: int, stop: frozenset[int],
+               max_tokens: int) -> AsyncIterator[tuple[int, int]]:
+        """A sampled step, then the session decodes inside the engine (a span that is the whole ring):
+        yields (step, token) until a stop token or ``max_tokens``."""
+        ...
 
     async def close(self) -> None: ...

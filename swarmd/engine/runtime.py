@@ -11,9 +11,9 @@ import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
@@ -140,6 +140,24 @@ class _Session:
     closed: bool = False
     last_done: float = 0.0  # loop time its last step's result was delivered
     gap: float | None = None  # how long its next step usually takes to arrive after that
+    finished: bool = False  # its decode loop in the engine ended: no step is due until the ring sends one
+    cont: _Continuation | None = None  # its decode loop in the engine, while one runs
+
+
+@dataclass(eq=False)
+class _Continuation:
+    """A session decoding inside the engine (``Engine.decode``): each sampled token is its next step's input."""
+
+    prompt_len: int
+    stop: frozenset[int]
+    max_tokens: int
+    params: SamplingParams
+    seed: int
+    results: asyncio.Queue[tuple[int, int] | BaseException] = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+
+    def ends(self, step: int, token: int) -> bool:
+        return token in self.stop or step + 1 >= self.max_tokens
 
 
 @dataclass(eq=False)
@@ -153,6 +171,7 @@ class _Step:
     future: asyncio.Future[int | TensorBlob | TopLogits | None]
     report: bool = False  # last span: return the top logits with the token (output verification)
     queued_at: float = 0.0  # loop time it was queued (metrics: queue wait)
+    cont: _Continuation | None = None  # results go to the session's decode loop, not to ``future``
 
     @property
     def tokens_in(self) -> int:
@@ -232,8 +251,10 @@ class Engine:
             return
         for step in [s for s in self._queue if s.session is sess]:
             self._queue.remove(step)
-            if not step.future.done():
+            if step.cont is None and not step.future.done():
                 step.future.set_exception(InvalidRequest(f"session {session_id} closed"))
+        if sess.cont is not None and not sess.cont.cancelled:  # its decode loop ends (even with a step in flight)
+            sess.cont.results.put_nowait(InvalidRequest(f"session {session_id} closed"))
         sess.closed = True
         # Through the worker, after any batch that holds the session: it may still write these pages.
         await asyncio.get_running_loop().run_in_executor(self._executor, self._release, sess)
@@ -261,12 +282,7 @@ class Engine:
                      loop.time())
         if sess.last_done:
             sess.gap = next_gap(sess.gap, loop.time() - sess.last_done)
-        self._queue.append(step)
-        if self._batcher is None:
-            self._wake = asyncio.Event()
-            self._batcher = asyncio.create_task(self._batch_loop(), name="engine-batcher")
-        assert self._wake is not None
-        self._wake.set()
+        self._enqueue(step)
         try:
             async with asyncio.timeout(self.cfg.step_timeout_s):
                 return await asyncio.shield(step.future)
@@ -277,6 +293,67 @@ class Engine:
                 self._queue.remove(step)
             if not step.future.done():
                 step.future.cancel()
+
+    def _enqueue(self, step: _Step) -> None:
+        step.session.finished = False
+        self._queue.append(step)
+        if self._batcher is None:
+            self._wake = asyncio.Event()
+            self._batcher = asyncio.create_task(self._batch_loop(), name="engine-batcher")
+        assert self._wake is not None
+        self._wake.set()
+
+    async def decode(
+        self, session_id: str, tokens: Sequence[int], hidden: TensorBlob | None, start_pos: int,
+        params: SamplingParams, seed: int, step: int, *, prompt_len: int, stop: frozenset[int], max_tokens: int,
+    ) -> AsyncIterator[tuple[int, int]]:
+        """A sampled step (last span), then the session's decode loop inside the engine: each token is the
+        next step's input (at position ``prompt_len + step``) until a stop token or ``max_tokens``. Yields
+        (step, token). The batcher queues a session's next step as soon as a batch ends and starts the next
+        batch before it hands the results to the event loop, so the loop's per-token work (streaming, the
+        API) overlaps the next forward instead of delaying it. For a span that is the whole ring."""
+        sess = self._sessions.get(session_id)
+        if sess is None:
+            raise InvalidRequest(f"unknown session {session_id}")
+        loop = asyncio.get_running_loop()
+        cont = _Continuation(prompt_len, stop, max_tokens, params, seed)
+        sess.cont = cont
+        self._enqueue(_Step(session_id, sess, tokens, hidden, start_pos, (params, seed, step), loop.create_future(),
+                            False, loop.time(), cont))
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.cfg.step_timeout_s):
+                        item = await cont.results.get()
+                except TimeoutError:
+                    raise StepTimeout(f"engine step took longer than {self.cfg.step_timeout_s}s") from None
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if cont.ends(*item):
+                    return
+        finally:
+            cont.cancelled = True
+            for queued in [q for q in self._queue if q.cont is cont]:
+                self._queue.remove(queued)
+            if not any(q.session is sess for q in self._queue):
+                sess.finished = True  # not due back: nobody waits for it
+            if sess.cont is cont:
+                sess.cont = None
+
+    def _continue(self, batch: list[_Step], results: list[Any], now: float) -> None:
+        """Queue the next step of every session decoding in the engine whose token does not end it."""
+        for step, result in zip(batch, results, strict=True):
+            cont = step.cont
+            if cont is None or not isinstance(result, int) or cont.cancelled or step.session.closed:
+                continue
+            assert step.sampling is not None
+            n = step.sampling[2]
+            if cont.ends(n, result):
+                step.session.finished = True
+                continue
+            self._queue.append(_Step(step.session_id, step.session, (result,), None, cont.prompt_len + n,
+                                     (cont.params, cont.seed, n + 1), step.future, False, now, cont))
 
     def _take_batch(self) -> list[_Step]:
         """The queued steps of the next batch: arrival order, one per session, up to max_batch_tokens
@@ -300,7 +377,7 @@ class Engine:
             return None
         queued = {id(s.session) for s in self._queue}
         idle = [(s.last_done, s.gap) for s in self._sessions.values()
-                if s.gap is not None and not s.closed and id(s) not in queued]
+                if s.gap is not None and not s.closed and not s.finished and id(s) not in queued]
         return straggler_deadline(now, idle, self._last_forward_s)
 
     async def _settle(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -317,57 +394,84 @@ class Engine:
             seen = len(self._queue)
 
     def _all_queued(self) -> bool:
-        live = sum(not s.closed for s in self._sessions.values())
+        live = sum(not s.closed and not s.finished for s in self._sessions.values())
         return len({id(s.session) for s in self._queue}) >= live
+
+    async def _gather(self, loop: asyncio.AbstractEventLoop) -> list[_Step]:
+        """The next batch, after letting a burst land and waiting (briefly) for sessions due back."""
+        assert self._wake is not None
+        if len(self._sessions) > 1:  # a lone session never waits
+            await self._settle(loop)
+        deadline = self._straggler_deadline(loop.time())
+        while deadline is not None and deadline > loop.time():
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
+            except TimeoutError:
+                break
+            deadline = self._straggler_deadline(loop.time())
+        return self._take_batch()
+
+    def _launch(self, loop: asyncio.AbstractEventLoop, batch: list[_Step]) -> tuple[list[_Step], Any, float]:
+        return batch, loop.run_in_executor(self._executor, self._run_batch, batch), loop.time()
 
     async def _batch_loop(self) -> None:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
+        inflight: tuple[list[_Step], Any, float] | None = None
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                if len(self._sessions) > 1:  # a lone session never waits
-                    await self._settle(loop)
-                deadline = self._straggler_deadline(loop.time())
-                while deadline is not None and deadline > loop.time():
+            if inflight is None:
+                if not self._queue:
                     self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
-                    except TimeoutError:
-                        break
-                    deadline = self._straggler_deadline(loop.time())
-                batch = self._take_batch()
+                    await self._wake.wait()
+                    continue
+                batch = await self._gather(loop)
                 if not batch:
-                    break
-                started = loop.time()
-                try:
-                    results = await loop.run_in_executor(self._executor, self._run_batch, batch)
-                except BaseException as exc:  # noqa: BLE001 - a failed batch fails its steps, not the loop
-                    if isinstance(exc, asyncio.CancelledError):
-                        for step in batch:
-                            step.future.cancel()
-                        raise
-                    results = [exc] * len(batch)
-                done = loop.time()
-                self._last_forward_s = done - started
-                self.batches += 1
-                self.batched_steps += len(batch)
-                if self.observe is not None:
-                    span = (self.stage.span.start, self.stage.span.end)
-                    try:
-                        for step in batch:
-                            self.observe(span, started - step.queued_at, done - started)
-                    except Exception:  # noqa: BLE001 - metrics never stop the batch loop
-                        log.exception("engine step observer failed")
-                for step, result in zip(batch, results, strict=True):
-                    step.session.last_done = done
-                    if step.future.done():
-                        continue
+                    continue
+                inflight = self._launch(loop, batch)
+            batch, running, started = inflight
+            inflight = None
+            try:
+                results = await running
+            except BaseException as exc:  # noqa: BLE001 - a failed batch fails its steps, not the loop
+                if isinstance(exc, asyncio.CancelledError):
+                    for step in batch:
+                        step.future.cancel()
+                    raise
+                results = [exc] * len(batch)
+            done = loop.time()
+            self._last_forward_s = done - started
+            self.batches += 1
+            self.batched_steps += len(batch)
+            self._continue(batch, results, done)
+            if self._queue and self._all_queued():  # the device goes on while the results are handed out
+                inflight = self._launch(loop, self._take_batch())
+            self._deliver(batch, results, started, done)
+
+    def _deliver(self, batch: list[_Step], results: list[Any], started: float, done: float) -> None:
+        if self.observe is not None:
+            span = (self.stage.span.start, self.stage.span.end)
+            try:
+                for step in batch:
+                    self.observe(span, started - step.queued_at, done - started)
+            except Exception:  # noqa: BLE001 - metrics never stop the batch loop
+                log.exception("engine step observer failed")
+        for step, result in zip(batch, results, strict=True):
+            step.session.last_done = done
+            if step.cont is not None:
+                if not step.cont.cancelled:
                     if isinstance(result, BaseException):
-                        step.future.set_exception(result)
+                        step.cont.results.put_nowait(result)
                     else:
-                        step.future.set_result(result)
+                        assert step.sampling is not None
+                        step.cont.results.put_nowait((step.sampling[2], int(result)))
+                continue
+            if step.future.done():
+                continue
+            if isinstance(result, BaseException):
+                step.future.set_exception(result)
+            else:
+                step.future.set_result(result)
 
     # --- the worker thread ------------------------------------------------------------------------
 

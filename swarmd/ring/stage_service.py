@@ -169,6 +169,10 @@ class StageService:
             if sess.observes and fwd.hidden is not None:
                 await self._digest(sess, fwd.hidden, fwd.start_pos, fwd.step if fwd.sample else None)
             sampling = (params, o.seed, fwd.step) if fwd.sample and sess.is_last and logits_here else None
+            if sampling is not None and self._decodes_here(sess):
+                if not await self._decode_here(sess, fwd, params, stop):
+                    return
+                continue
             try:
                 out = await self.engine.forward(o.session_id, fwd.tokens, fwd.hidden, fwd.start_pos, sampling,
                                                 report=o.report)
@@ -203,6 +207,30 @@ class StageService:
                 code = exc.code if isinstance(exc, SwarmdError) else "peer_unavailable"
                 await self._fail(sess, code, str(exc))
                 return
+
+    def _decodes_here(self, sess: StageSession) -> bool:
+        """A one-hop ring with nobody else watching: the engine decodes the session by itself."""
+        o = sess.open
+        return len(o.chain) == 1 and not o.report and not sess.tees and not sess.observes
+
+    async def _decode_here(self, sess: StageSession, fwd: Forward, params: SamplingParams,
+                           stop: frozenset[int]) -> bool:
+        """The session's sampled step and every decode step after it, inside the engine; the tokens go to
+        the entry as they come. False when the session failed (and was closed)."""
+        o = sess.open
+        try:
+            async for step, token in self.engine.decode(
+                o.session_id, fwd.tokens, fwd.hidden, fwd.start_pos, params, o.seed, fwd.step,
+                prompt_len=o.prompt_len, stop=stop, max_tokens=o.max_tokens,
+            ):
+                sess.last_active = time.monotonic()
+                await self.send(o.entry, TokenOut(o.session_id, step, token, token in stop or step + 1 >= o.max_tokens))
+        except asyncio.CancelledError:
+            raise
+        except (SwarmdError, OSError) as exc:
+            await self._fail(sess, exc.code if isinstance(exc, SwarmdError) else "peer_unavailable", str(exc))
+            return False
+        return True
 
     async def _digest(self, sess: StageSession, rows: TensorBlob, start: int, step: int | None) -> None:
         """Add rows to the session's digest; at a sampled step, report the last row and the digest to the

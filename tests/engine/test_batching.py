@@ -197,3 +197,67 @@ async def test_hidden_states_with_nan_fail_only_their_own_step(tiny_models: dict
         assert results[1] == int(want.argmax())
     finally:
         await engine.close()
+
+
+async def test_sessions_decoding_inside_the_engine_get_their_alone_tokens(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Engine.decode (a span that is the whole ring): each token is fed back by the engine itself; the
+    sessions share batches, end at their own max_tokens or stop token, and equal each session alone."""
+    stage = load(tiny_models["llama"], tmp_path)
+    want = [alone(stage, p, 14)[0] for p in PROMPTS]
+    engine = Engine(stage, EngineConfig(), kv_budget_bytes=4 * 64 * stage.kv_bytes_per_token())
+    lengths = [14, 9, 14, 5]
+    stops = [frozenset(), frozenset(), frozenset({want[2][6]}), frozenset()]  # session 2 stops at a token
+
+    async def session(i: int, prompt: list[int]) -> list[tuple[int, int]]:
+        sid = f"d{i}"
+        await engine.open_session(sid, 64)
+        out = [x async for x in engine.decode(sid, prompt, None, 0, GREEDY, 0, 0, prompt_len=len(prompt),
+                                              stop=stops[i], max_tokens=lengths[i])]
+        await engine.close_session(sid)
+        return out
+
+    try:
+        got = await asyncio.gather(*(session(i, p) for i, p in enumerate(PROMPTS)))
+        for i, seq in enumerate(got):
+            steps, tokens = [s for s, _ in seq], [t for _, t in seq]
+            end = want[i].index(want[2][6]) + 1 if i == 2 else lengths[i]
+            assert tokens == want[i][:end]
+            assert steps == list(range(len(tokens)))
+        assert engine.batches < engine.batched_steps  # shared forwards
+        assert engine.budget.used == 0 and not engine._queue
+    finally:
+        await engine.close()
+
+
+async def test_leaving_an_engine_decode_early_stops_its_steps(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    stage = load(tiny_models["llama"], tmp_path)
+    engine = Engine(stage, EngineConfig(), kv_budget_bytes=2 * 64 * stage.kv_bytes_per_token())
+    try:
+        await engine.open_session("a", 64)
+        seen = []
+        async for step, _ in engine.decode("a", PROMPTS[0], None, 0, GREEDY, 0, 0, prompt_len=len(PROMPTS[0]),
+                                           stop=frozenset(), max_tokens=40):
+            seen.append(step)
+            if step == 3:
+                break
+        await asyncio.sleep(0.05)
+        ran = engine.batched_steps
+        await asyncio.sleep(0.05)
+        assert seen == [0, 1, 2, 3]
+        assert engine.batched_steps == ran <= 6  # nothing more runs for it (one step may have been in flight)
+        assert not engine._queue
+        # A session closed while the engine decodes it: the decode ends with an error, nothing leaks.
+        await engine.open_session("b", 64)
+        agen = engine.decode("b", PROMPTS[1], None, 0, GREEDY, 0, 0, prompt_len=len(PROMPTS[1]),
+                             stop=frozenset(), max_tokens=40)
+        await agen.__anext__()
+        await engine.close_session("b")
+        with pytest.raises(Exception, match="closed"):
+            while True:
+                await agen.__anext__()
+        await engine.close_session("a")
+        assert engine.budget.used == 0
+    finally:
+        await engine.close()
