@@ -87,9 +87,11 @@ def _fuse(mods: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
 class DecodeStep:
     """The decode forward of one span over static shapes (see the module docstring)."""
 
-    def __init__(self, stage: StageModel, max_context: int, *, triton_kernel: bool | None = None) -> None:
+    def __init__(self, stage: StageModel, max_context: int, *, triton_kernel: bool | None = None,
+                 fuse_eager: bool | None = None) -> None:
         """``triton_kernel``: attention by the Triton kernel (default: on CUDA) or the torch page walk. Tests
-        force the kernel on a CPU, where Triton's interpreter runs it."""
+        force the kernel on a CPU, where Triton's interpreter runs it. ``fuse_eager``: the span's eager
+        forward (prefill chunks) uses the fused weights too (default: on CUDA; CPUs keep their exact path)."""
         self.stage = stage
         self.shape = stage.shape
         self.layers: list[_Layer] = []
@@ -102,6 +104,10 @@ class DecodeStep:
                     getattr(mlp.gate_proj, "bias", None) is None:
                 gate_up, _ = _fuse([mlp.gate_proj, mlp.up_proj])
             self.layers.append(_Layer(qkv, bias, gate_up, window, layer))
+            if stage.device.type == "cuda" if fuse_eager is None else fuse_eager:
+                attn.swarmd_qkv = (qkv, bias)
+                if gate_up is not None:
+                    mlp.swarmd_gate_up = gate_up
         with torch.inference_mode():
             probe = torch.empty(1, dtype=stage.dtype, device=stage.device)
             pos = torch.arange(max_context, device=stage.device).unsqueeze(0)

@@ -258,9 +258,17 @@ class StageModel:
         t = x.shape[1]
         hd, hkv = self.shape.head_dim, self.shape.num_kv_heads
         y = layer.input_layernorm(x)
-        q = attn.q_proj(y).view(t, -1, hd)  # [T, H, Dh]
-        k = attn.k_proj(y).view(t, -1, hd)  # [T, Hkv, Dh]
-        v = attn.v_proj(y).view(t, -1, hd)
+        fused = getattr(attn, "swarmd_qkv", None)  # set by decode_graph.DecodeStep on a GPU: one GEMM, not three
+        if fused is not None:
+            qkv = F.linear(y, *fused)[0]
+            nq, nk = self.shape.num_heads * hd, hkv * hd
+            q = qkv[:, :nq].view(t, -1, hd)
+            k = qkv[:, nq: nq + nk].view(t, -1, hd)
+            v = qkv[:, nq + nk:].view(t, -1, hd)
+        else:
+            q = attn.q_proj(y).view(t, -1, hd)  # [T, H, Dh]
+            k = attn.k_proj(y).view(t, -1, hd)  # [T, Hkv, Dh]
+            v = attn.v_proj(y).view(t, -1, hd)
         if hasattr(attn, "q_norm"):  # Qwen3-style per-head norms
             q, k = attn.q_norm(q), attn.k_norm(k)
         q = q * cos + rotate_half(q) * sin
@@ -286,7 +294,12 @@ class StageModel:
             outs.append(o[0].transpose(0, 1).reshape(c.n, -1))
         out = torch.cat(outs) if len(outs) > 1 else outs[0]  # [T, H*Dh]
         h = x + attn.o_proj(out.unsqueeze(0))
-        return h + layer.mlp(layer.post_attention_layernorm(h))
+        mlp = layer.mlp
+        gate_up = getattr(mlp, "swarmd_gate_up", None)
+        if gate_up is not None:
+            gate, up = F.linear(layer.post_attention_layernorm(h), gate_up).chunk(2, dim=-1)
+            return h + mlp.down_proj(mlp.act_fn(gate) * up)
+        return h + mlp(layer.post_attention_layernorm(h))
 
     def _decode_attention(
         self, attn: Any, q: torch.Tensor, pool_k: torch.Tensor, pool_v: torch.Tensor, plan: StepPlan,

@@ -154,3 +154,19 @@ async def test_engine_on_the_static_path_gives_each_session_its_alone_tokens(
         assert engine.budget.used == 0 and engine._pool is not None and engine._pool.free_pages == engine.pages
     finally:
         await engine.close()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_eager_prefill_over_fused_weights_equals_the_plain_span(arch: str, tiny_models: dict[str, Path],
+                                                                tmp_path: Path) -> None:
+    """On a GPU the eager forward (prefill chunks, mixed batches) reads the fused q/k/v and gate/up weights."""
+    plain = load(tiny_models[arch], tmp_path)
+    fused = load(tiny_models[arch], tmp_path)
+    DecodeStep(fused, fused.max_context, fuse_eager=True)
+    assert hasattr(fused.layers[0].self_attn, "swarmd_qkv")
+    a, b = plain.new_cache(64), fused.new_cache(64)
+    for start, chunk in ((0, PROMPTS[2]), (len(PROMPTS[2]), PROMPTS[0])):
+        x = torch.tensor(chunk)
+        want = plain.forward_batch([Row(x, start, a)])[0]
+        got = fused.forward_batch([Row(x, start, b)])[0]
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
