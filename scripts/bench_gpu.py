@@ -6,13 +6,18 @@ Rows, every one measured in the same run on cuda:0 (the same random-weight model
                        parameter count) / the device-to-device copy rate (a 4 GiB tensor copy timed with CUDA
                        events, median of 20 reps, bytes read + bytes written);
   * generate           transformers eager ``generate`` (dynamic cache);
-  * generate_compiled  ``generate`` with the static cache and torch.compile, as transformers 5.x documents it:
-                       ``generation_config.cache_implementation = "static"`` makes ``generate`` compile the decode
-                       step with ``generation_config.compile_config`` (here ``CompileConfig(fullgraph=True,
-                       mode="reduce-overhead")``: CUDA graphs); ``max_cache_len`` is fixed so every call has one
-                       cache shape. Every batch size and prompt length is run at warm-up, before any timing;
-                       ``--compile-style forward`` instead wraps ``model.forward`` in ``torch.compile`` (the older
-                       recipe; prefill compiled too);
+  * generate_compiled  ``generate`` with a static cache and torch.compile, as transformers 5.x documents it:
+                       with a static cache ``generate`` compiles the decode step with
+                       ``generation_config.compile_config`` (here ``CompileConfig(fullgraph=True,
+                       mode="reduce-overhead")``: CUDA graphs). Run the way that is fastest for a user: one fresh
+                       process per batch size (one shape to compile, nothing recompiled or re-recorded for other
+                       shapes), a ``StaticCache`` sized to the runs (128 + tokens, rounded up to 64: a static cache
+                       attends over all of its slots every step, so one sized for the 2048-token TTFT prompt made
+                       batch 64 slower than eager) made once and ``reset()`` before each call (its addresses stay:
+                       the CUDA graphs recorded at warm-up replay; a new cache per call re-records them). If that
+                       fails: generate's own ``cache_implementation="static"``, then ``fullgraph=False`` (noted as
+                       the fallback). ``--compile-style forward`` instead wraps ``model.forward`` in
+                       ``torch.compile`` (the older recipe; prefill compiled too);
   * ring1              one swarmd daemon holding every layer on cuda:0;
   * ring2_one_gpu      two daemons splitting the layers (0:16 and 16:32 for 32 layers), both on cuda:0.
 
@@ -20,8 +25,10 @@ Each row: decode ms/token at one session (the median of 3 runs, spread in ``deco
 gap between streamed tokens; generate: (a 64-token run - a 4-token run) / 60, the steady per-token cost, with
 ``decode_mean_ms`` = (64-token run - TTFT) / 64 beside it), time to first token for a 128- and a 2048-token
 prompt, tokens/s of 1, 16 and 64 concurrent sessions (128-token prompts, 64 greedy tokens; ``generate``: one
-batch of that size). Ring rows add decode p99, batched-vs-alone agreement of greedy outputs and the daemons' own
-status counters. ``generate`` rows run in a child process (its GPU memory is freed for the daemons; a compile
+batch of that size, the median of 3 runs, each shape run twice before; every run's time is in the child's log
+and the tok/s run times in the notes, so a recompile shows as an outlier). Ring rows add decode p99,
+batched-vs-alone agreement of greedy outputs and the daemons' own status counters. ``generate`` rows run in
+child processes (eager: one, compiled: one per batch size; their GPU memory is freed for the daemons; a child
 that hangs is killed after ``--row-timeout`` and the cells it did measure are kept). OUT.json and OUT.md are
 written after every row; rows of an earlier OUT.json of the same model, GPU and token count that this run does
 not measure are kept (``--fresh`` drops them). The run ends with a compact table on stdout.
@@ -123,28 +130,44 @@ def copy_rate(device: str, gib: float, reps: int) -> dict[str, float]:
             "min_s": min(times), "max_s": max(times)}
 
 
-# --- transformers generate (run in a child process: --child ROW) ------------------------------------------------
+# --- transformers generate (run in child processes: --child ROW --child-batches B,...) -----------------------
+
+BATCH_PROMPT = 128  # prompt length of the decode runs and of the tokens/s batches
+CELL_PREFIXES = ("decode_", "ttft_", "tps_")  # keys of measured cells; a part's other keys describe how
+
+
+def round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
 
 
 def measure_generate(model_name: str, device: str, tokens: int, prompts: tuple[int, ...] = PROMPTS,
                      concurrency: tuple[int, ...] = CONCURRENCY, compiled: bool = False,
-                     compile_style: str = "auto", compile_budget_s: float = 400.0,
+                     compile_style: str = "auto", batches: tuple[int, ...] | None = None,
                      save: Callable[[dict[str, object]], None] | None = None) -> dict[str, object]:
-    """Eager or compiled ``generate``: decode ms/token after a 128-token prompt (steady and mean, median of 3
-    runs), TTFT per prompt length (``max_new_tokens=1``, best of 3) and tokens/s of one batch of each size.
-    A cell that fails holds its error string; ``save`` gets the cells after each one."""
+    """Eager or compiled ``generate``, in this process, for the batch sizes ``batches`` (default: 1 and every
+    concurrency). Batch 1: decode ms/token after a 128-token prompt (steady and mean, median of 3 runs) and TTFT
+    per prompt length (``max_new_tokens=1``, best of 3); every batch size of ``concurrency`` in ``batches``:
+    tokens/s of one batch (median of 3 runs). Every timed shape runs twice first (compiled: the 1st run compiles
+    and records the CUDA graphs, the 2nd shows they replay); every run's time is printed. Compiled: the static
+    cache is sized to the runs (``round_up(128 + tokens, 64)``; a longer TTFT prompt gets its own), made once and
+    ``reset()`` between calls, so its addresses stay and the recorded CUDA graphs replay. A cell that fails holds
+    its error string; ``save`` gets the cells after each one."""
+    import inspect
+
     import torch
+    import transformers
+    from torch._dynamo.utils import counters
     from transformers import AutoModelForCausalLM
 
+    batches = tuple(sorted(set(concurrency) | {1})) if batches is None else tuple(sorted(set(batches)))
     cfg = hf_config(model_name)
     cuda = device.startswith("cuda")
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
     vocab = int(cfg.vocab_size)
-    out: dict[str, object] = {"torch": torch.__version__}
-    import transformers
-
-    out["transformers"] = transformers.__version__
+    out: dict[str, object] = {"torch": torch.__version__, "transformers": transformers.__version__,
+                              "attn_implementation": getattr(model.config, "_attn_implementation", None),
+                              "batches": list(batches)}
 
     def put(key: str, value: object) -> None:
         out[key] = value
@@ -160,124 +183,205 @@ def measure_generate(model_name: str, device: str, tokens: int, prompts: tuple[i
         g = torch.Generator(device).manual_seed(1000 * n + b)
         return torch.randint(0, vocab, (b, n), device=device, generator=g)
 
-    def gen(x: torch.Tensor, n: int) -> float:
-        sync()
-        t = time.perf_counter()
-        model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                       pad_token_id=0)
-        sync()
-        return time.perf_counter() - t
-
     def err(exc: BaseException) -> str:
         return f"error: {type(exc).__name__}: {str(exc)[:600]}"
 
+    # The cache of every decode and tokens/s call: 128 prompt tokens + up to tokens + 1 new ones. Sized to the runs,
+    # not to the longest TTFT prompt: a static cache attends over all max_cache_len positions every step (masked;
+    # with a mask SDPA also repeats the GQA K/V heads), so a 2,120-slot cache made batch 64 slower than eager.
+    cache_len = round_up(BATCH_PROMPT + tokens, 64)
+    # transformers >= 5.2x names the generate/forward argument ``cache`` (``past_key_values`` is deprecated)
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    caches: dict[tuple[int, int], Any] = {}
+    state: dict[str, Any] = {"explicit": False}  # compiled: our own StaticCache per shape (else generate's)
+
+    def cache_args(b: int, need: int) -> dict[str, Any]:
+        if not state["explicit"]:
+            return {}
+        length = cache_len if need <= cache_len else round_up(need, 64)
+        cache = caches.get((b, length))
+        if cache is None:
+            from transformers import StaticCache
+
+            cache = caches[(b, length)] = StaticCache(config=model.config, max_cache_len=length)
+            # allocated (and marked as static addresses) now, not lazily in the first prefill: a compiled prefill
+            # (--compile-style forward) would allocate them inside the graph, unmarked, and compile twice
+            text = model.config.get_text_config(decoder=True)
+            heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+            head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+            try:
+                cache.early_initialization(batch_size=b, num_heads=heads, head_dim=head_dim, dtype=model.dtype,
+                                           device=model.device)
+            except (AttributeError, TypeError, ValueError) as exc:  # left to the first prefill (lazy)
+                print(f"  StaticCache.early_initialization failed ({exc}); the first prefill allocates it", flush=True)
+        else:
+            cache.reset()  # zeroes keys, values and lengths in place: the tensors (and their addresses) stay
+        return {cache_kw: cache}
+
+    def gen(b: int, n: int, new: int) -> float:
+        x = ids(b, n)
+        sync()
+        t = time.perf_counter()
+        model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                       pad_token_id=0, **cache_args(b, n + new - 1))  # the reset is timed: a user's per-call cost
+        sync()
+        return time.perf_counter() - t
+
+    def graphs() -> int:
+        return int(counters["stats"]["unique_graphs"])
+
     original_forward = model.forward
 
-    def setup_compile(fullgraph: bool) -> str:
+    def setup_compile(explicit: bool, fullgraph: bool) -> str:
         from transformers import CompileConfig
 
         gc = model.generation_config
-        gc.cache_implementation = "static"
-        gc.max_cache_len = max(prompts) + tokens + 8  # one cache shape for every call: no recompile by length
-        mode = "reduce-overhead" if cuda else "default"  # CUDA graphs; on CPU (smoke) plain inductor
         torch._dynamo.reset()
+        caches.clear()
         if hasattr(model, "_compiled_call"):
             del model._compiled_call
+        model.forward = original_forward
+        state["explicit"] = explicit
+        # explicit: generate takes the cache it is given (cache_implementation must then be unset)
+        gc.cache_implementation = None if explicit else "static"
+        gc.max_cache_len = None if explicit else cache_len
+        mode = "reduce-overhead" if cuda else "default"  # CUDA graphs; on CPU (smoke) plain inductor
+        how = (f"StaticCache(max_cache_len={cache_len}) made once per batch size, passed as {cache_kw}=, reset() "
+               "before each call" if explicit else
+               f"cache_implementation='static', max_cache_len={cache_len} (generate makes a new cache every call)")
         if compile_style == "forward":
-            model.forward = torch.compile(original_forward, mode=mode, fullgraph=fullgraph)
+            model.forward = torch.compile(original_forward, mode=mode, fullgraph=fullgraph, dynamic=False)
             gc.disable_compile = True  # generate must not wrap the compiled forward a second time
-            return (f"cache_implementation=static, max_cache_len={gc.max_cache_len}, model.forward = "
-                    f"torch.compile(model.forward, mode={mode!r}, fullgraph={fullgraph})")
+            return (f"{how}; model.forward = torch.compile(model.forward, mode={mode!r}, fullgraph={fullgraph}, "
+                    "dynamic=False) (prefill compiled too)")
+        gc.disable_compile = False
         cc = CompileConfig(fullgraph=fullgraph, mode=mode)
         if not cuda:
             cc._compile_all_devices = True  # type: ignore[assignment]  # compile on CPU too
         gc.compile_config = cc
-        return (f"cache_implementation=static, max_cache_len={gc.max_cache_len}, "
-                f"compile_config=CompileConfig(fullgraph={fullgraph}, mode={mode!r}) (generate compiles the "
+        return (f"{how}; compile_config=CompileConfig(fullgraph={fullgraph}, mode={mode!r}) (generate compiles the "
                 "decode step; prefill eager)")
 
-    # Warm-up: every shape the timed runs use, compiled (if compiling) here and not in the timed runs.
-    broken: dict[int, str] = {}  # batch size -> why it is not measured
+    k = min(4, tokens // 2)  # decode steps of the short run: its per-call costs are those of the long run
+    one = 1 in batches  # this process measures decode ms/token and TTFT
+    ttft_short = sorted(n for n in set(prompts) | {BATCH_PROMPT} if n <= cache_len) if one else []
+    ttft_long = sorted(n for n in set(prompts) if n > cache_len) if one else []  # timed last (see below)
+    shapes = list(dict.fromkeys(
+        ([(1, BATCH_PROMPT, 1 + k), (1, BATCH_PROMPT, 1 + tokens)] if one else [])
+        + [(b, BATCH_PROMPT, tokens) for b in batches if b in concurrency] + [(1, n, 1) for n in ttft_short]))
+    warmup: dict[str, list[float]] = {}
+
+    def warm(b: int, n: int, new: int) -> None:
+        warmup[f"b{b}_p{n}_new{new}"] = times = [round(gen(b, n, new), 3) for _ in range(2)]
+        print(f"  warm-up b{b} p{n} new{new}: {times} s", flush=True)
+
+    broken: str | None = None  # why nothing here is measured
+    t0 = time.perf_counter()
     if compiled:
-        put("config", setup_compile(fullgraph=True))
-        compile_s: dict[str, float] = {}
-        t0 = time.perf_counter()
-        shapes = [(1, max(prompts), 1), *((1, n, 1) for n in prompts if n != max(prompts)),
-                  *((b, 128, tokens) for b in sorted(set(concurrency) | {1}))]
-        for b, n, new in shapes:
-            if b in broken:
-                continue
-            if time.perf_counter() - t0 > compile_budget_s:
-                broken[b] = f"error: compile budget of {compile_budget_s:.0f}s spent before batch {b}"
-                continue
+        # what a user does next when a configuration fails: generate's own static cache, then fullgraph=False
+        attempts = [(True, True), (False, True), (False, False)]
+        failed: list[str] = []
+        for i, (explicit, fullgraph) in enumerate(attempts):
+            out["config"] = setup_compile(explicit, fullgraph)
+            warmup.clear()
+            g0 = graphs()
             try:
-                t = time.perf_counter()
-                for _ in range(2):  # the 2nd run: CUDA graphs recorded, nothing left to compile
-                    gen(ids(b, n), new)
-                compile_s[f"b{b}_p{n}_new{new}"] = round(time.perf_counter() - t, 2)
-            except Exception as exc:  # noqa: BLE001 - the error goes into the cell, the other cells are kept
-                if b == 1 and "fallback" not in out:
-                    # fullgraph=True not possible: what a user does next is fullgraph=False; warm-up again
-                    put("fallback", f"fullgraph=True failed ({err(exc)[:300]}); fullgraph=False used")
-                    out["config"] = setup_compile(fullgraph=False)
-                    try:
-                        t = time.perf_counter()
-                        for bb, nn, nw in shapes[: shapes.index((b, n, new)) + 1]:
-                            for _ in range(2):
-                                gen(ids(bb, nn), nw)
-                        compile_s[f"b{b}_p{n}_new{new}"] = round(time.perf_counter() - t, 2)
-                        continue
-                    except Exception as exc2:  # noqa: BLE001
-                        exc = exc2
-                broken[b] = err(exc)
+                for shape in shapes:
+                    warm(*shape)
+                if graphs() == g0:
+                    raise RuntimeError("generate did not compile anything at warm-up (auto-compile criteria not met)")
+                break
+            except Exception as exc:  # noqa: BLE001 - the next configuration is tried; the error is reported
                 traceback.print_exc()
-        put("compile_s", compile_s)
+                failed.append(f"{'own StaticCache' if explicit else 'generate static cache'}, fullgraph={fullgraph} "
+                              f"failed: {err(exc)[:300]}")
+                if i == len(attempts) - 1:
+                    broken = err(exc)
+        if failed:
+            put("fallback", "; ".join(failed) + ("" if broken else f"; used: {out['config']}"))
+        put("graphs_compiled_at_warmup", graphs())
         put("compile_total_s", round(time.perf_counter() - t0, 2))
     else:
-        gen(ids(1, max(prompts)), 1)
-        for b in sorted(set(concurrency) | {1}):
-            gen(ids(b, 128), tokens + 1 if b == 1 else 4)
-
-    k = min(4, tokens // 2)  # decode steps of the short run: its per-call costs are those of the long run
-
-    def decode_run() -> None:
-        if 1 in broken:
-            return
         try:
-            runs.append((gen(ids(1, 128), 1 + k), gen(ids(1, 128), 1 + tokens)))
+            for shape in shapes:
+                warm(*shape)
         except Exception as exc:  # noqa: BLE001
-            broken[1] = err(exc)
+            broken = err(exc)
+    put("warmup_s", warmup)
+    put("warmup_total_s", round(time.perf_counter() - t0, 2))
+    late: list[str] = []  # timed runs that compiled something (a recompile: that run is an outlier)
+
+    def timed(b: int, n: int, new: int) -> float:
+        g = graphs()
+        t = gen(b, n, new)
+        mark = ""
+        if compiled and graphs() != g:
+            late.append(f"b{b}_p{n}_new{new}")
+            mark = f"  <- compiled {graphs() - g} graph(s) in this timed run"
+        print(f"  run b{b} p{n} new{new}: {1000 * t:.1f} ms{mark}", flush=True)
+        return t
 
     runs: list[tuple[float, float]] = []
-    decode_run()
-    for n in sorted(set(prompts) | {128}):  # 128: the decode runs' prompt
+    decode_err: list[str] = []
+
+    def decode_run() -> None:
+        if broken or decode_err:
+            return
         try:
-            if 1 in broken:
-                raise RuntimeError(broken[1])
-            put(f"ttft_{n}_ms", 1000 * min(gen(ids(1, n), 1) for _ in range(3)))
+            runs.append((timed(1, BATCH_PROMPT, 1 + k), timed(1, BATCH_PROMPT, 1 + tokens)))
         except Exception as exc:  # noqa: BLE001
-            put(f"ttft_{n}_ms", err(exc) if 1 not in broken else broken[1])
-    decode_run()
-    for b in concurrency:
-        if b in broken:
-            put(f"tps_{b}", broken[b])
-            continue
+            decode_err.append(err(exc))
+
+    def ttft(n: int, warm_first: bool = False) -> None:
         try:
-            put(f"tps_{b}", b * tokens / min(gen(ids(b, 128), tokens) for _ in range(2)))
+            if broken:
+                raise RuntimeError(broken)
+            if warm_first:
+                warm(1, n, 1)
+            put(f"ttft_{n}_ms", 1000 * min(timed(1, n, 1) for _ in range(3)))
         except Exception as exc:  # noqa: BLE001
-            put(f"tps_{b}", err(exc))
-    decode_run()
-    ttft = out.get("ttft_128_ms")
-    if runs and isinstance(ttft, float):
-        # decode_ms: the steady per-token cost, (long run - short run) / the steps between them, comparable to
-        # the ring rows' median gap between streamed tokens; decode_mean_ms: (long run - TTFT) / tokens, which
-        # also spreads per-call costs (e.g. CUDA graphs re-recorded for a new static cache) over the tokens.
-        per = [1000 * (w - s) / (tokens - k) for s, w in runs]
-        out["decode_ms_runs"] = per
-        out["decode_mean_ms"] = statistics.median(1000 * (w - ttft / 1000) / tokens for _, w in runs)
-        put("decode_ms", statistics.median(per))
-    else:
-        put("decode_ms", broken.get(1, "error: no decode run"))
+            put(f"ttft_{n}_ms", broken or err(exc))
+
+    def tps(b: int) -> None:
+        try:
+            if broken:
+                raise RuntimeError(broken)
+            times = [timed(b, BATCH_PROMPT, tokens) for _ in range(DECODE_RUNS)]
+            out[f"tps_{b}_runs_s"] = [round(t, 4) for t in times]
+            put(f"tps_{b}", b * tokens / statistics.median(times))
+        except Exception as exc:  # noqa: BLE001
+            put(f"tps_{b}", broken or err(exc))
+
+    if one:
+        decode_run()
+        for n in ttft_short:
+            ttft(n)
+        decode_run()
+        if 1 in concurrency:
+            tps(1)
+        decode_run()
+        # A prompt longer than cache_len last: in the fallback (generate's cache) generate keeps the longest cache
+        # it ever made (model._previous_max_cache_length) and every later call would use one that long.
+        for n in ttft_long:
+            ttft(n, warm_first=True)
+    for b in batches:
+        if b != 1 and b in concurrency:
+            tps(b)
+    if one:
+        ttft128 = out.get(f"ttft_{BATCH_PROMPT}_ms")
+        if runs and isinstance(ttft128, float):
+            # decode_ms: the steady per-token cost, (long run - short run) / the steps between them, comparable to
+            # the ring rows' median gap between streamed tokens; decode_mean_ms: (long run - TTFT) / tokens, which
+            # also spreads per-call costs over the tokens.
+            per = [1000 * (w - s) / (tokens - k) for s, w in runs]
+            out["decode_ms_runs"] = per
+            out["decode_mean_ms"] = statistics.median(1000 * (w - ttft128 / 1000) / tokens for _, w in runs)
+            put("decode_ms", statistics.median(per))
+        else:
+            put("decode_ms", broken or (decode_err or ["error: no decode run"])[0])
+    if compiled:
+        put("compiled_in_timed_runs", late)
+        put("cudagraph_skips", int(counters["inductor"]["cudagraph_skips"]))
     return out
 
 
@@ -293,14 +397,26 @@ def reference(preset: str, tokens: int) -> dict[str, object]:
     return out
 
 
-def generate_row(args: argparse.Namespace, row: str, logdir: Path) -> dict[str, object]:
-    """Run one ``generate`` row in a child process; keep what it measured if it fails or runs out of time."""
-    part = logdir / f"{row}.json"
-    log = logdir / f"{row}.log"
+def generate_groups(row: str, concurrency: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The batch sizes of each child process of a generate row: eager all in one; compiled one fresh process per
+    batch size (its own compiled graph for that one shape, its own CUDA graph pool, nothing left from the others)."""
+    sizes = sorted(set(concurrency) | {1})
+    return [(b,) for b in sizes] if row == "generate_compiled" else [tuple(sizes)]
+
+
+def group_keys(prompts: tuple[int, ...], concurrency: tuple[int, ...], group: tuple[int, ...]) -> list[str]:
+    """The cells one child process measures."""
+    keys = ["decode_ms", *(f"ttft_{n}_ms" for n in prompts)] if 1 in group else []
+    return keys + [f"tps_{b}" for b in group if b in concurrency]
+
+
+def generate_child(args: argparse.Namespace, row: str, group: tuple[int, ...], stem: Path) -> dict[str, object]:
+    """Run one child process of a ``generate`` row; keep what it measured if it fails or runs out of time."""
+    part, log = stem.with_suffix(".json"), stem.with_suffix(".log")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", row, "--child-out", str(part),
+           "--child-batches", ",".join(map(str, group)),
            "--model", args.model, "--tokens", str(args.tokens), "--prompts", ",".join(map(str, args.prompts)),
-           "--concurrency", ",".join(map(str, args.concurrency)), "--compile-style", args.compile_style,
-           "--compile-budget", str(args.compile_budget)]
+           "--concurrency", ",".join(map(str, args.concurrency)), "--compile-style", args.compile_style]
     t = time.perf_counter()
     why = None
     with open(log, "wb") as f:
@@ -316,17 +432,45 @@ def generate_row(args: argparse.Namespace, row: str, logdir: Path) -> dict[str, 
             child.wait()
     out: dict[str, object] = json.loads(part.read_text()) if part.is_file() else {}
     out["wall_s"] = round(time.perf_counter() - t, 1)
+    out["log"] = str(log)
     if why is not None:
         tail = log.read_text(errors="replace").splitlines()[-25:]
-        print(f"{row}: {why}; last lines of its log:\n  " + "\n  ".join(tail), flush=True)
-        for key in row_keys(args.prompts, args.concurrency):
+        print(f"{row} {group}: {why}; last lines of its log:\n  " + "\n  ".join(tail), flush=True)
+        for key in group_keys(args.prompts, args.concurrency, group):
             out.setdefault(key, why)
         out["error"] = why + "\n" + "\n".join(tail[-8:])
     return out
 
 
-def row_keys(prompts: tuple[int, ...], concurrency: tuple[int, ...]) -> list[str]:
-    return ["decode_ms", *(f"ttft_{n}_ms" for n in prompts), *(f"tps_{b}" for b in concurrency)]
+def generate_row(args: argparse.Namespace, row: str, logdir: Path) -> dict[str, object]:
+    """A ``generate`` row from its child processes: the cells of each at the top, the rest of each (config,
+    fallback, warm-up and compile times, per-run times, errors) under ``parts``."""
+    out: dict[str, object] = {}
+    parts: dict[str, dict[str, object]] = {}
+    spent = 0.0
+    for group in generate_groups(row, args.concurrency):
+        name = "b" + ",".join(map(str, group))
+        print(f"  {row} {name} ... (log: {logdir / f'{row}_{name}.log'})", flush=True)
+        if row == "generate_compiled" and spent > args.compile_budget:
+            why = f"error: compile budget of {args.compile_budget:.0f}s spent before batch {name}"
+            part: dict[str, object] = {k: why for k in group_keys(args.prompts, args.concurrency, group)}
+            part["error"] = why
+        else:
+            part = generate_child(args, row, group, logdir / f"{row}_{name}")
+        c = part.get("compile_total_s")
+        spent += float(c) if isinstance(c, int | float) else 0.0
+        out.update({k: v for k, v in part.items() if k.startswith(CELL_PREFIXES)})
+        parts[name] = {k: v for k, v in part.items() if not k.startswith(CELL_PREFIXES)}
+        for key in ("torch", "transformers", "attn_implementation", "config"):
+            if key in part:
+                out.setdefault(key, part[key])
+    out["parts"] = parts
+    if row == "generate_compiled":
+        out["compile_total_s"] = round(spent, 2)
+    errors = [f"{name}: {str(p['error']).splitlines()[0]}" for name, p in parts.items() if "error" in p]
+    if errors:
+        out["error"] = "; ".join(errors)
+    return out
 
 
 # --- the ring, over HTTP on Unix sockets -------------------------------------------------------
@@ -605,10 +749,41 @@ def table(results: dict[str, Any], prompts: tuple[int, ...]) -> tuple[list[str],
         if "decode_mean_ms" in r:
             notes.append(f"{name}: decode counting per-call costs, (long run - TTFT) / tokens: "
                          f"{fnum(r['decode_mean_ms'])} ms/token")
-        if "config" in r:
-            notes.append(f"{name}: {r['config']}" + (f"; {r['fallback']}" if "fallback" in r else "")
-                         + (f"; warm-up/compile {r['compile_total_s']} s" if "compile_total_s" in r else ""))
+        notes += generate_notes(name, r)
     return head, cells, notes
+
+
+def generate_notes(name: str, r: dict[str, object]) -> list[str]:
+    """How a generate row was measured: its configuration(s), fallbacks, warm-up/compile time per child process,
+    recompiles in timed runs, skipped CUDA graphs and the per-run times of the tokens/s cells."""
+    parts = r.get("parts")
+    if not isinstance(parts, dict):  # a row of an earlier OUT.json (one process for every batch size)
+        if "config" not in r:
+            return []
+        return [f"{name}: {r['config']}" + (f"; {r['fallback']}" if "fallback" in r else "")
+                + (f"; warm-up/compile {r['compile_total_s']} s" if "compile_total_s" in r else "")]
+    notes = []
+    configs = {str(p["config"]) for p in parts.values() if "config" in p}
+    if len(configs) == 1:
+        notes.append(f"{name}: {configs.pop()}")
+    else:
+        notes += [f"{name} {pn}: {p['config']}" for pn, p in parts.items() if "config" in p]
+    key = "compile_total_s" if any("compile_total_s" in p for p in parts.values()) else "warmup_total_s"
+    per = ", ".join(f"{pn} {p[key]} s" for pn, p in parts.items() if key in p)
+    if per:
+        what = "warm-up/compile" if key == "compile_total_s" else "warm-up"
+        notes.append(f"{name}: {len(parts)} process(es), {what} (2 runs of every timed shape): {per}; fallback: "
+                     + ("; ".join(f"{pn}: {p['fallback']}" for pn, p in parts.items() if "fallback" in p) or "none"))
+    late = {pn: p["compiled_in_timed_runs"] for pn, p in parts.items() if p.get("compiled_in_timed_runs")}
+    skips = {pn: p["cudagraph_skips"] for pn, p in parts.items() if p.get("cudagraph_skips")}
+    if late or skips:
+        notes.append(f"{name}: WARNING: compiled during timed runs: {late or 'never'}; CUDA graphs skipped: "
+                     f"{skips or 'never'}")
+    runs = [f"@{k[4:-7]} " + "/".join(f"{t:.3f}" for t in v) for k, v in r.items()
+            if k.startswith("tps_") and k.endswith("_runs_s") and isinstance(v, list)]
+    if runs:
+        notes.append(f"{name}: tok/s runs, seconds each (median taken): " + ", ".join(runs))
+    return notes
 
 
 def save(out: Path, results: dict[str, Any], meta: dict[str, Any], prompts: tuple[int, ...]) -> None:
@@ -619,8 +794,10 @@ def save(out: Path, results: dict[str, Any], meta: dict[str, Any], prompts: tupl
              f"{results['gpu']})", "",
              f"`{meta['command']}` — every row measured in the same run on one device "
              f"(rows kept from an earlier run: {', '.join(meta['kept']) or 'none'}). "
-             f"{results['tokens']} greedy tokens per session; tok/s @B: B sessions of {prompts[0]}-token prompts "
-             "at once (generate: one batch of B). decode: median of 3 runs (min–max).", ""]
+             f"{results['tokens']} greedy tokens per session; tok/s @B: B sessions of {BATCH_PROMPT}-token prompts "
+             "at once (generate: one batch of B, the median of 3 runs after 2 warm-up runs). decode: median of 3 "
+             "runs (min–max). generate_compiled: one fresh process per batch size, its static cache sized to the "
+             "runs (prompt + new tokens).", ""]
     if meta.get("limit"):
         lim = meta["limit"]
         lines += [f"Limit: {lim['params']:,} parameters = {lim['weights_bytes'] / 1e9:.3f} GB in bf16, "
@@ -670,10 +847,13 @@ def main() -> None:
     ap.add_argument("--compile-style", choices=("auto", "forward"), default="auto",
                     help="auto: generate compiles the decode step (transformers 5.x); forward: torch.compile(forward)")
     ap.add_argument("--compile-budget", type=float, default=400.0,
-                    help="seconds of compile warm-up after which the remaining batch sizes are not compiled")
-    ap.add_argument("--row-timeout", type=float, default=900.0, help="seconds a generate row's child may run")
+                    help="seconds of compile warm-up (all batch sizes together) after which the remaining batch "
+                         "sizes of generate_compiled are not run")
+    ap.add_argument("--row-timeout", type=float, default=900.0,
+                    help="seconds each child process of a generate row may run (generate_compiled: one per batch size)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-batches", type=ints, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.model = args.model or ("random:tiny-llama" if args.smoke else "random:llama-3-8b")
     args.tokens = args.tokens or (8 if args.smoke else 64)
@@ -688,7 +868,7 @@ def main() -> None:
 
         measure_generate(args.model, device, args.tokens, args.prompts, args.concurrency,
                          compiled=args.child == "generate_compiled", compile_style=args.compile_style,
-                         compile_budget_s=args.compile_budget, save=put)
+                         batches=args.child_batches, save=put)
         return
 
     import torch

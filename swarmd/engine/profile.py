@@ -44,7 +44,7 @@ def profile_model(config: Any, engine_cfg: EngineConfig, steps: int = 12, contex
     """Blocking (run off the loop): count the model's bytes and time one layer on ``engine_cfg.device``."""
     from transformers import AutoModelForCausalLM
 
-    from .runtime import parse_dtype
+    from .loading import parse_dtype
 
     device = torch.device(engine_cfg.device)
     dtype = parse_dtype(engine_cfg.dtype, device)

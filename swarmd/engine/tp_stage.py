@@ -273,7 +273,7 @@ def worker_main(conn: Connection, port: int, rank: int, world: int, model_cfg: M
     os.environ.update(SAFE_NCCL_ENV)
     _die_with_parent()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s tp{rank}: %(message)s")
-    from .runtime import load_meta, load_stage
+    from .loading import load_meta, load_stage
 
     try:
         if engine_cfg.threads > 0:
