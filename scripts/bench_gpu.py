@@ -599,6 +599,32 @@ def concurrent_tps(sock: str, sessions: int, tokens: int, vocab: int, rng: Any) 
     return sum(done) / (time.perf_counter() - t)
 
 
+def decode_phase_tps(sock: str, sessions: int, tokens: int, vocab: int, rng: Any) -> dict[str, float]:
+    """``sessions`` streaming greedy completions at once: tokens/s while every one of them is decoding (from
+    the last session's first token to the first session's last), the figure to hold against the engine's
+    bare graph step at that batch size; prefill and the ramp at either end are left out."""
+    stamps: list[list[float]] = [[] for _ in range(sessions)]
+    prompts = [[rng.randrange(vocab) for _ in range(128)] for _ in range(sessions)]
+    errors: list[str] = []
+
+    def one(i: int) -> None:
+        try:
+            stamps[i] = stream_times(sock, prompts[i], tokens)[1:]
+        except Exception as exc:  # noqa: BLE001 - raised below
+            errors.append(repr(exc)[:300])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(sessions)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors or not all(stamps):
+        raise RuntimeError(f"{len(errors)}/{sessions} streams failed: {errors[:1]}")
+    start, end = max(s[0] for s in stamps), min(s[-1] for s in stamps)
+    inside = sum(start < t <= end for s in stamps for t in s)
+    return {"tps": inside / (end - start) if end > start else 0.0, "window_s": end - start, "tokens": inside}
+
+
 def complete(sock: str, prompt: list[int], tokens: int) -> str:
     status, body = request(sock, "POST", "/v1/completions", {"prompt": prompt, "max_tokens": tokens, "temperature": 0})
     assert status == 200, body[:300]
@@ -647,6 +673,15 @@ def daemon_status(sock: str) -> object:
     return {k: v for k, v in doc.items() if k in STATUS_KEYS or "engine" in k}
 
 
+def engine_step_ms(status: dict[str, object]) -> dict[str, float]:
+    """The first daemon's median graph step per batch size, from its status document (ring of one: all of it)."""
+    for doc in status.values():
+        graphs = ((doc or {}).get("batching") or {}).get("decode_graphs") if isinstance(doc, dict) else None
+        if isinstance(graphs, dict) and isinstance(graphs.get("step_ms"), dict):
+            return {str(k): float(v) for k, v in graphs["step_ms"].items()}
+    return {}
+
+
 def ring(model: str, gpus: int, layers: int, vocab: int, tokens: int, threads: int = 0,
          devices: list[str] | None = None, prompts: tuple[int, ...] = PROMPTS,
          concurrency: tuple[int, ...] = CONCURRENCY, kv: str | None = None) -> dict[str, object]:
@@ -680,11 +715,20 @@ def ring(model: str, gpus: int, layers: int, vocab: int, tokens: int, threads: i
         for b in concurrency:
             out[f"tps_{b}"] = concurrent_tps(sock, b, tokens, vocab, rng)
         decode_run()
+        top = max(concurrency)
+        phase = decode_phase_tps(sock, top, max(tokens, 128), vocab, rng)
+        out[f"tps_{top}_decode"] = phase["tps"]
+        out[f"tps_{top}_decode_window_s"] = phase["window_s"]
         out["decode_ms"] = statistics.median(runs)
         out["decode_ms_runs"] = runs
         out["decode_p99_ms"] = pct(gaps_all, 0.99)
         out.update(batch_agreement(sock, vocab, tokens))
         out["status"] = {f"gpu{i}": daemon_status(str(root / f"n{i}.sock")) for i in range(gpus)}
+        steps = engine_step_ms(out["status"])
+        if steps:  # the engine's bare graph step, measured inside the daemon during this row
+            out["graph_step_ms"] = steps
+            if str(top) in steps:
+                out[f"graph_tps_{top}"] = 1000 * top / steps[str(top)]
     except Exception as exc:  # noqa: BLE001 - the cells measured so far are kept
         if runs and "decode_ms" not in out:
             out["decode_ms"], out["decode_ms_runs"] = statistics.median(runs), runs
@@ -746,6 +790,14 @@ def table(results: dict[str, Any], prompts: tuple[int, ...]) -> tuple[list[str],
                          f"{r['batch_sessions']} sessions run at once gave the same greedy text as alone (first "
                          f"differing character: {r['batch_first_divergence_chars'] or 'none'}; control: "
                          f"{r.get('alone_repeat_identical')}/4 sessions run alone twice gave the same text).")
+        phase = next((k for k in r if k.startswith("tps_") and k.endswith("_decode")), None)
+        if phase is not None:
+            b = phase[4:-7]
+            bare = r.get(f"graph_tps_{b}")
+            notes.append(f"{name}: {b} streaming sessions while all decode: {fnum(r[phase], 1)} tok/s through the API"
+                         + (f", the engine's own graph steps at batch {b} (in the daemon, same run): "
+                            f"{fnum(bare, 1)} tok/s, ratio {fnum(ratio(r[phase], bare))}" if bare else "")
+                         + (f"; graph step ms by batch size: {r['graph_step_ms']}" if r.get("graph_step_ms") else ""))
         if "decode_mean_ms" in r:
             notes.append(f"{name}: decode counting per-call costs, (long run - TTFT) / tokens: "
                          f"{fnum(r['decode_mean_ms'])} ms/token")
@@ -922,9 +974,7 @@ def main() -> None:
         meta["limit"] = {"params": params, "weights_bytes": weights, "copy_gib": gib, "reps": args.copy_reps}
         done("limit", t)
     logdir = Path(tempfile.mkdtemp(prefix="swb-gen-", dir="/tmp"))
-    for name in ROWS:
-        if name not in wanted:
-            continue
+    for name in [r for r in wanted if r in ROWS]:  # in the order asked for
         t = time.perf_counter()
         print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
         if name == "generate_compiled" and not device.startswith("cuda") and args.rows is None:

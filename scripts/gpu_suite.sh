@@ -5,7 +5,8 @@
 #   tests       GPU-only tests and the paged-kernel tests                 -> gpu_tests.txt
 #   engine      scripts/bench_engine.py (the engine alone)                -> gpu_engine_bare.{json,md}
 #   bench       scripts/bench_gpu.py (generate, compiled, daemons)        -> gpu_engine.{json,md}
-#   bench:ROWS  the same, only those rows (merged into an earlier bench/gpu_engine.json of the same setup)
+#   bench:ROWS  the same, only those rows, in that order (merged into an earlier bench/gpu_engine.json)
+#   fresh:ROWS  those rows, in that order, nothing merged
 #   ./scripts/gpu_suite.sh tests:90 engine:150 bench:limit,ring1:300     (NAME:SECONDS sets a part's limit)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +33,8 @@ for arg in "$@"; do
     tests) timeout "$limit" python3 -m pytest -q -p no:cacheprovider -s tests/engine/test_gpu_graphs.py \
              tests/engine/test_paged_attention.py >"$DEST/gpu_tests.txt" 2>&1; tail -25 "$DEST/gpu_tests.txt" >>"$LOG" ;;
     engine) timeout "$limit" python3 scripts/bench_engine.py --out "$DEST/gpu_engine_bare" >>"$LOG" 2>&1 ;;
-    bench) timeout "$limit" python3 scripts/bench_gpu.py --out "$DEST/gpu_engine" >>"$LOG" 2>&1 ;;
+    bench) timeout "$limit" python3 scripts/bench_gpu.py --fresh --out "$DEST/gpu_engine" >>"$LOG" 2>&1 ;;
+    fresh:*) timeout "$limit" python3 scripts/bench_gpu.py --fresh --out "$DEST/gpu_engine" --rows "${part#fresh:}" >>"$LOG" 2>&1 ;;
     bench:*) timeout "$limit" python3 scripts/bench_gpu.py --out "$DEST/gpu_engine" --rows "${part#bench:}" >>"$LOG" 2>&1 ;;
     *) echo "unknown part $part" >>"$LOG" ;;
   esac

@@ -8,7 +8,10 @@ once on the device.
 
 from __future__ import annotations
 
+import collections
 import logging
+import statistics
+import time
 from typing import Any
 
 import torch
@@ -40,6 +43,7 @@ class StepRunner:
         self._pool: KVPool | None = None
         self._graphs: Any = None  # decode_graph.DecodeGraphs once prepare() built them
         self.graph_steps = 0  # batched forwards whose decode rows replayed a graph
+        self._graph_ms: dict[int, collections.deque[float]] = {}  # bucket -> recent replay times, results back
 
     @property
     def pool(self) -> KVPool | None:
@@ -75,7 +79,9 @@ class StepRunner:
         if g is None:
             return None
         return {"batch_sizes": list(g.buckets), "captured": len(g.graphs), "capture_s": round(g.capture_s, 3),
-                "memory_bytes": g.graph_bytes, "steps": self.graph_steps}
+                "memory_bytes": g.graph_bytes, "steps": self.graph_steps,
+                # the engine's bare step time per bucket (inputs in, graph replayed, results on the host)
+                "step_ms": {b: round(statistics.median(list(t)), 3) for b, t in sorted(list(self._graph_ms.items())) if t}}
 
     def run_batch(self, batch: list[Step]) -> list[Any]:
         """Worker thread: validate each step (a bad one fails alone), run the rest as one forward."""
@@ -138,7 +144,10 @@ class StepRunner:
         if graphs is None or not decode or not graphs.fits([rows[j] for j in decode]):
             return self.stage.forward_batch(rows), None
         check_rows(rows)
+        started = time.perf_counter()
         out, ids = graphs.run([rows[j] for j in decode])
+        self._graph_ms.setdefault(graphs.bucket(len(decode)), collections.deque(maxlen=256)).append(
+            1000 * (time.perf_counter() - started))
         self.graph_steps += 1
         outs: list[Any] = [None] * len(rows)
         greedy: dict[int, int] = {}
