@@ -16,7 +16,7 @@ from ..keys import find_key, read_key_file
 from ..wire.crypto import Keyring
 from .settings import describe, load_config
 
-SWITCH_INTERVAL_S = 0.0005
+SWITCH_INTERVAL_S = 0.0002
 log = logging.getLogger("swarmd")
 
 
@@ -67,9 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if key is None:
         log.warning("RUNNING INSECURE: no swarm key, peers are not authenticated and traffic is not encrypted")
     _environment_defaults()
-    # The engine thread needs the GIL for a moment between two forwards (to build the next batch); with the
-    # default 5 ms switch interval it waited behind the event loop's per-token work for up to 5 ms a step.
-    # At 0.5 ms, 64 sessions decoding against a 7 ms forward ran 5,750 -> 6,400 tokens/s (2-core CPU).
+    # The engine thread takes the GIL back several times a step (each torch call releases it); each time it
+    # waits up to the switch interval behind the event loop's per-token work (5 ms by default). Emulated
+    # 7 ms forwards, 64 sessions, 2-core CPU: 5 ms 5,750 tokens/s, 0.5 ms 6,400; a GPU graph step of 7.9 ms
+    # took 12 ms in the daemon at 0.5 ms (a GIL hand-off per row then; now one per step or so).
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     runner: Any = asyncio.run
     try:

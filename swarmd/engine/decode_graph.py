@@ -199,7 +199,7 @@ class DecodeGraphs:
         self._ids_host = torch.zeros(rows, dtype=torch.long, pin_memory=pinned)
         self._out_host = (None if self.last else
                           torch.zeros(rows, st.hidden_size, dtype=st.dtype, pin_memory=pinned))
-        self._done = torch.cuda.Event() if pinned else None
+        self._wait = pinned  # results wait for the device (CUDA) or are there already (CPU)
         self.scratch_slot = pool.reserve_scratch() * pool.page_tokens  # where padding rows write their K/V
         self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -264,7 +264,7 @@ class DecodeGraphs:
             line[0] = pos
             line[1] = pages[pos // page_tokens] * page_tokens + pos % page_tokens
             line[2] = pos + 1
-            line[3] = int(r.x[0]) if self.first else 0
+            line[3] = (r.ids[0] if r.ids is not None else int(r.x[0])) if self.first else 0
             line[META: META + used] = pages[:used]
         if b > n:
             self._pad_meta(b, n)
@@ -278,15 +278,14 @@ class DecodeGraphs:
             out, ids_out = self.step.forward(self._x(b), self.meta[:b], self.pool)
         for r in rows:
             r.cache.commit(r.start_pos + 1)
-        if self._done is None:  # CPU: nothing to wait for
+        if not self._wait:  # CPU: nothing to wait for
             return out[:n], (ids_out[:n] if ids_out is not None else None)
         if ids_out is not None:
             self._ids_host[:n].copy_(ids_out[:n], non_blocking=True)
         else:
             assert self._out_host is not None
             self._out_host[:n].copy_(out[:n], non_blocking=True)
-        self._done.record()
-        self._done.synchronize()  # GIL released while the GPU finishes
+        torch.cuda.current_stream(self.device).synchronize()  # GIL released while the GPU finishes
         if ids_out is not None:
             return out[:n], self._ids_host[:n]
         assert self._out_host is not None

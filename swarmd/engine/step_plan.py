@@ -22,6 +22,9 @@ class Row:
     start_pos: int
     cache: KVCache
     logits: bool = True  # last span: compute logits of the row's last position
+    # The token ids as Python ints too (first span): reading them back out of ``x`` one by one costs a GIL
+    # release and re-acquisition each, which waits behind the event loop (decode_graph.DecodeGraphs.run).
+    ids: tuple[int, ...] | None = None
 
     @property
     def n(self) -> int:

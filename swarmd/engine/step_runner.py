@@ -81,7 +81,8 @@ class StepRunner:
         return {"batch_sizes": list(g.buckets), "captured": len(g.graphs), "capture_s": round(g.capture_s, 3),
                 "memory_bytes": g.graph_bytes, "steps": self.graph_steps,
                 # the engine's bare step time per bucket (inputs in, graph replayed, results on the host)
-                "step_ms": {b: round(statistics.median(list(t)), 3) for b, t in sorted(list(self._graph_ms.items())) if t}}
+                "step_ms": {b: round(statistics.median(list(t)), 3)
+                            for b, t in sorted(list(self._graph_ms.items())) if t}}
 
     def run_batch(self, batch: list[Step]) -> list[Any]:
         """Worker thread: validate each step (a bad one fails alone), run the rest as one forward."""
@@ -204,4 +205,5 @@ class StepRunner:
                 raise InvalidRequest(f"stage {stage.span} takes hidden states, not token ids")
             x = blob_to_tensor(step.hidden, stage.hidden_size, check_finite=False)[0]
         sess.cache.check_step(step.start_pos, int(x.shape[0]))
-        return Row(x, step.start_pos, sess.cache, logits=step.sampling is not None)
+        ids = tuple(step.tokens) if stage.embed is not None else None
+        return Row(x, step.start_pos, sess.cache, logits=step.sampling is not None, ids=ids)
