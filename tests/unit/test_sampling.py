@@ -96,3 +96,23 @@ def test_higher_temperature_flattens_the_distribution() -> None:
     hot = sum(sample(logits, SamplingParams(temperature=2.0), seed=3, step=s) == 0 for s in range(2000))
     assert cold < 20  # p(0) = 3.4e-4
     assert 400 < hot < 700  # p(0) = 0.27
+
+
+def test_a_batch_samples_each_row_as_alone() -> None:
+    """Rows of one batch (greedy and drawn, different filters and seeds) get the token each gets alone:
+    every operation is row by row, so a row's token never depends on what it was batched with."""
+    from swarmd.engine.sampling import sample_batch
+
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, 300, generator=g) * 2.5
+    draws = [(SamplingParams(temperature=0.0), 1, 0), (SamplingParams(temperature=0.7), 2, 3),
+             (SamplingParams(temperature=1.3, top_k=5), 3, 1), (SamplingParams(temperature=1.0, top_p=0.5), 4, 9),
+             (SamplingParams(temperature=0.9, top_k=40, top_p=0.8), 5, 2), (SamplingParams(temperature=2.0), 6, 7)]
+    together = sample_batch(logits, draws)
+    alone = [sample(logits[i], p, seed, step) for i, (p, seed, step) in enumerate(draws)]
+    assert together == alone
+    assert together[0] == int(logits[0].argmax())
+    # the same rows in another order and with other company
+    order = [5, 3, 0, 1, 4, 2]
+    again = sample_batch(logits[order], [draws[i] for i in order])
+    assert again == [together[i] for i in order]
