@@ -95,10 +95,11 @@ def test_three_machines_follow_the_readme(short_tmp: Path) -> None:
                 assert time.monotonic() < deadline, "\n".join(o.stdout + o.stderr for o in outs) + logs()
                 time.sleep(2)
             assert all(o.stdout.count(" alive ") == 2 for o in outs), outs[0].stdout
-            # 6. swarmctl chat answers on any machine.
+            # 6. swarmctl chat answers on any machine. The guide's chat samples (a random seed each time), and a
+            # sampled answer may be short ("1. Earth" then end of sequence, seen in CI): any text is an answer.
             for i in (2, 0):
                 chat = run(i, cmds["chat"])
-                assert chat.returncode == 0 and len(chat.stdout.strip()) > 10, chat.stdout + chat.stderr + logs()
+                assert chat.returncode == 0 and chat.stdout.strip(), chat.stdout + chat.stderr + logs()
         finally:
             for p in procs:
                 p.send_signal(signal.SIGTERM)
