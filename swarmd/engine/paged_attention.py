@@ -13,8 +13,6 @@ path taken where Triton is missing.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -183,7 +181,3 @@ def paged_decode_reference(
         o = F.scaled_dot_product_attention(qb, keys, vals, scale=scale)
         out[b] = o.reshape(heads, dim).to(q.dtype)
     return out
-
-
-def default_scale(head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import EngineConfig
 from ..errors import InvalidRequest, StepTimeout
@@ -29,6 +29,7 @@ from .step_runner import StepRunner
 __all__ = ["Engine", "LoadedModel", "load_meta", "load_model", "load_stage", "parse_dtype", "parse_span"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Engine:
@@ -124,15 +125,19 @@ class Engine:
             sess.gap = next_gap(sess.gap, loop.time() - sess.last_done)
         self._enqueue(step)
         try:
-            async with asyncio.timeout(self.cfg.step_timeout_s):
-                return await asyncio.shield(step.future)
-        except TimeoutError:
-            raise StepTimeout(f"engine step took longer than {self.cfg.step_timeout_s}s") from None
+            return await self._within_step_timeout(asyncio.shield(step.future))
         finally:
             if step in self._queue:  # cancelled or timed out before its batch: never run it
                 self._queue.remove(step)
             if not step.future.done():
                 step.future.cancel()
+
+    async def _within_step_timeout(self, aw: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.cfg.step_timeout_s):
+                return await aw
+        except TimeoutError:
+            raise StepTimeout(f"engine step took longer than {self.cfg.step_timeout_s}s") from None
 
     def _enqueue(self, step: Step) -> None:
         step.session.finished = False
@@ -162,11 +167,7 @@ class Engine:
                             False, loop.time(), cont))
         try:
             while True:
-                try:
-                    async with asyncio.timeout(self.cfg.step_timeout_s):
-                        item = await cont.results.get()
-                except TimeoutError:
-                    raise StepTimeout(f"engine step took longer than {self.cfg.step_timeout_s}s") from None
+                item = await self._within_step_timeout(cont.results.get())
                 if isinstance(item, BaseException):
                     raise item
                 yield item

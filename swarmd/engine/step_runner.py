@@ -66,8 +66,9 @@ class StepRunner:
             return
         from .decode_graph import build_graphs, unsupported_reason
 
-        if unsupported_reason(stage) is not None:
-            build_graphs(stage, None, 0, capture=False)  # type: ignore[arg-type]  # logs why
+        reason = unsupported_reason(stage)
+        if reason is not None:
+            log.info("decode graphs off for %s: %s", stage.span, reason)
             return
         self._pool = stage.new_pool(self.pages + 1)  # one page more: the graphs' scratch page
         limit = max(1, min(self.cfg.graph_max_batch, self.pages))
