@@ -60,7 +60,10 @@ def test_four_daemons_converge_split_answer_and_rebalance_on_join(short_tmp: Pat
         def launch(i: int, key_file: Path, budget: int) -> None:
             args = lab.exec_args(i, sys.executable, "-m", "swarmd.cli.swarmd_main", "--model", str(model),
                                  "--listen", "0.0.0.0:7070", "--node-id", f"ns{i}", "--socket", str(socks[i]),
-                                 "--key-file", str(key_file), "--threads", "1", "--memory-budget", str(budget))
+                                 "--key-file", str(key_file), "--threads", "1", "--memory-budget", str(budget),
+                                 # One speed for all: a speed measured while the 2-core machine is busy
+                                 # can make the newcomer look too slow to be worth a rebalance.
+                                 "--seconds-per-layer", "0.0003")
             procs[i] = subprocess.Popen(args, env=env, stdout=open(logs[i], "wb"), stderr=subprocess.STDOUT)
 
         def wait_for(cond, what: str, timeout: float = 180) -> None:  # type: ignore[no-untyped-def]
