@@ -15,7 +15,7 @@ import httpx
 import pytest
 from cluster import Cluster
 from helpers import shared_cache_dir
-from test_hostile_peers import RawPeer
+from hostile_peer import RawPeer
 
 from swarmd.keys import read_key_file
 from swarmd.wire import codec
